@@ -1,0 +1,151 @@
+"""Layer-L activations of text windows: harvesting with early exit, an optional disk cache, normalization stats."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from common.checkpoint import atomic_save_json, atomic_save_safetensors
+from common.data import WindowedText, is_validation_window
+from common.errors import UserError
+from common.hooks import capture_layer
+from common.models import LoadedLM
+
+SHARD_WINDOWS = 64  # cache granularity: stages with different chunk sizes share one cache
+NORM_STATS_FILE = "norm_stats.safetensors"
+
+
+@dataclass
+class NormStats:
+    """Per-dimension z-score stats, computed once (stage 1) and used by every later stage and every patch."""
+
+    mean: Tensor  # (d,) fp32
+    std: Tensor  # (d,) fp32, clamped at 1e-8
+
+    @classmethod
+    def compute(cls, rows: Tensor, num_rows: int = 10_000, seed: int = 0) -> "NormStats":
+        """From a random subset of ``num_rows`` rows, as the original's stage 1 did."""
+        generator = torch.Generator().manual_seed(seed)
+        pick = torch.randperm(rows.shape[0], generator=generator)[:num_rows]
+        subset = rows[pick].float()
+        return cls(subset.mean(0), subset.std(0).clamp_min(1e-8))
+
+    def to(self, device: torch.device) -> "NormStats":
+        return NormStats(self.mean.to(device), self.std.to(device))
+
+    def normalize(self, x: Tensor) -> Tensor:
+        return (x.float() - self.mean) / self.std
+
+    def denormalize(self, x: Tensor) -> Tensor:
+        return x.float() * self.std + self.mean
+
+    def save(self, path: Path) -> None:
+        atomic_save_safetensors({"mean": self.mean, "std": self.std}, path)
+
+    @classmethod
+    def load(cls, path: Path) -> "NormStats":
+        if not Path(path).is_file():
+            raise UserError(f"normalization stats not found: {path}")
+        tensors = load_file(str(path))
+        return cls(tensors["mean"], tensors["std"])
+
+
+def flatten_positions(window_acts: Tensor, exclude_first_position: bool) -> Tensor:
+    """(n, T, d) → (n·T', d) rows; position 0 (BOS where there is one) dropped on request."""
+    if exclude_first_position:
+        window_acts = window_acts[:, 1:]
+    return window_acts.reshape(-1, window_acts.shape[-1])
+
+
+class ActivationStream:
+    """Activations of windows of one text at one layer, harvested on demand, each window at most once.
+
+    With ``cache_dir`` every window is kept on disk in shards of ``SHARD_WINDOWS`` windows (LM dtype), keyed by
+    model fingerprint, layer, window length and text, so later stages and re-runs read instead of re-running the LM.
+    """
+
+    def __init__(
+        self,
+        lm: LoadedLM,
+        layer: int,
+        text: WindowedText,
+        batch_size: int = 32,
+        exclude_first_position: bool = False,
+        cache_dir: Path | None = None,
+    ) -> None:
+        self.lm, self.layer, self.text, self.batch_size = lm, layer, text, batch_size
+        self.exclude_first_position = exclude_first_position
+        self.device = next(lm.model.parameters()).device
+        self.cache = None if cache_dir is None else Path(cache_dir) / f"acts-{self.key()[:16]}"
+        if self.cache is not None:
+            atomic_save_json(self.describe(), self.cache / "manifest.json")
+
+    def describe(self) -> dict:
+        return {
+            "model_id": self.lm.model_id,
+            "model_fingerprint": self.lm.fingerprint,
+            "layer": self.layer,
+            "window": self.text.window,
+            "bos": self.text.bos_token_id is not None,
+            "text": self.text.source.description,
+            "dtype": str(self.lm.dtype),
+        }
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(self.describe(), sort_keys=True).encode()).hexdigest()
+
+    def _harvest(self, indices: list[int]) -> Tensor:
+        """(n, T, d) in the LM's dtype on the CPU, running only blocks before the layer."""
+        out = []
+        bar = tqdm(total=len(indices), desc=f"harvest layer {self.layer}", unit="win", leave=False, disable=len(indices) < 4 * self.batch_size)
+        for start in range(0, len(indices), self.batch_size):
+            batch = torch.stack([self.text.get(i) for i in indices[start : start + self.batch_size]]).to(self.device)
+            acts = capture_layer(self.lm.model, batch, self.layer)
+            if not torch.isfinite(acts).all():
+                raise UserError(
+                    f"non-finite activations at layer {self.layer} of {self.lm.model_id} (windows from {indices[start]}); "
+                    "try a wider dtype for the LM"
+                )
+            out.append(acts.cpu())
+            bar.update(batch.shape[0])
+        bar.close()
+        return torch.cat(out) if out else torch.empty(0, self.text.window, self.lm.d_model, dtype=self.lm.dtype)
+
+    def _shard(self, shard: int) -> dict[int, Tensor]:
+        path = self.cache / f"shard_{shard:06d}.safetensors"
+        if path.is_file():
+            tensors = load_file(str(path))
+        else:
+            indices = self.text.available(shard * SHARD_WINDOWS, (shard + 1) * SHARD_WINDOWS)
+            tensors = {"acts": self._harvest(indices), "indices": torch.tensor(indices, dtype=torch.int64)}
+            atomic_save_safetensors(tensors, path)
+        return {int(i): a for i, a in zip(tensors["indices"], tensors["acts"])}
+
+    def windows(self, indices: list[int]) -> Tensor:
+        """Activations of the given (existing) windows, (n, T, d)."""
+        if self.cache is None:
+            return self._harvest(indices)
+        by_index: dict[int, Tensor] = {}
+        for shard in sorted({i // SHARD_WINDOWS for i in indices}):
+            by_index.update(self._shard(shard))
+        return torch.stack([by_index[i] for i in indices])
+
+    def train_rows(self, start: int, stop: int) -> Tensor | None:
+        """Rows of the training windows among windows [start, stop); ``None`` once the text has ended."""
+        indices = [i for i in self.text.available(start, stop) if not is_validation_window(i)]
+        if not indices:
+            return None
+        return flatten_positions(self.windows(indices), self.exclude_first_position)
+
+    def val_rows(self, max_windows: int, within: int) -> Tensor:
+        """Rows of the first ``max_windows`` held-out windows among the first ``within`` windows of the text."""
+        indices = [i for i in self.text.available(0, within) if is_validation_window(i)][:max_windows]
+        if not indices:
+            raise UserError(f"no held-out windows in the first {within} windows of {self.text.source.description}: the text is too short")
+        return flatten_positions(self.windows(indices), self.exclude_first_position)

@@ -1,0 +1,188 @@
+"""The one training loop every trained stage uses: Adam, the linear-decay schedule, clipping, validation,
+best-model selection, periodic resumable checkpoints (SPEC §1, §5b, §9)."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from common.checkpoint import RESUME_FILE, WEIGHTS_FILE, atomic_save_safetensors, atomic_torch_save, load_resume_state
+from common.device import autocast, param_dtype
+from common.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Optimizer, schedule and bookkeeping shared by every trained stage (stage configs extend it)."""
+
+    lr: float = 1e-4
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-5
+    grad_clip: float = 1.0
+    train_steps: int = 500_000  # planned steps: the schedule is laid over these
+    stop_at_step: int | None = None  # stop early (the paper's stage-1 run stopped at 200k of 500k)
+    schedule: str = "paper"  # "paper": decay over decay_fraction of planned steps; "original": over original_decay_steps
+    decay_fraction: float = 0.8
+    final_lr_fraction: float = 0.1
+    original_decay_steps: int | None = None
+    val_every: int = 1_000
+    checkpoint_every: int = 10_000
+    log_every: int = 100
+    seed: int = 0
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear decay from 1 to ``final_lr_fraction``, then flat."""
+    decay_steps = cfg.original_decay_steps if cfg.schedule == "original" else int(cfg.decay_fraction * cfg.train_steps)
+    if cfg.schedule not in ("paper", "original") or decay_steps is None:
+        raise UserError(f"--schedule must be 'paper' or 'original' (the latter needs its decay step count), got {cfg.schedule!r}")
+    if decay_steps <= 0 or step >= decay_steps:
+        return cfg.final_lr_fraction
+    return 1.0 - (1.0 - cfg.final_lr_fraction) * step / decay_steps
+
+
+class BatchSource(Protocol):
+    """Deterministic in the step, so a resumed run sees exactly the batches an uninterrupted one would."""
+
+    def batch(self, step: int) -> tuple[Tensor, ...] | None: ...
+
+
+def make_adam(params: list[nn.Parameter], cfg: TrainConfig, precision: str) -> torch.optim.Adam:
+    """Fused Adam (8x the for-loop over the joint model on the CPU); the original's plain Adam for faithful-fp16."""
+    kwargs = dict(lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
+    if precision == "faithful-fp16":
+        return torch.optim.Adam(params, foreach=False, **kwargs)
+    return torch.optim.Adam(params, fused=True, **kwargs)
+
+
+class Trainer:
+    """Runs ``loss_fn`` over ``batches`` from step 0 (or the resume step) to the planned or stop step.
+
+    ``loss_fn(model, batch) -> (loss, logs)``; ``validate(model) -> metrics`` whose ``loss`` picks the best model,
+    saved as ``best_model.safetensors`` (weights under ``weight_prefix``). Resume state is one atomic file.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: TrainConfig,
+        out_dir: Path,
+        device: torch.device,
+        precision: str,
+        loss_fn: Callable[[nn.Module, tuple[Tensor, ...]], tuple[Tensor, dict[str, Tensor]]],
+        batches: BatchSource,
+        validate: Callable[[nn.Module], dict[str, float]],
+        weight_prefix: str = "",
+    ) -> None:
+        self.model = model.to(device=device, dtype=param_dtype(precision))
+        self.cfg, self.out_dir, self.device, self.precision = cfg, Path(out_dir), device, precision
+        self.loss_fn, self.batches, self.validate, self.weight_prefix = loss_fn, batches, validate, weight_prefix
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = make_adam(self.params, cfg, precision)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
+        self.step = 0
+        self.best_val = math.inf
+        self.history: dict[str, list[dict]] = {"train": [], "val": []}
+
+    @property
+    def end_step(self) -> int:
+        stop = self.cfg.stop_at_step
+        return self.cfg.train_steps if stop is None else min(stop, self.cfg.train_steps)
+
+    def save_resume(self) -> None:
+        state = {
+            "step": self.step,
+            "best_val": self.best_val,
+            "history": json.dumps(self.history),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+        }
+        if self.device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        atomic_torch_save(state, self.out_dir / RESUME_FILE)
+
+    def load_resume(self) -> bool:
+        state = load_resume_state(self.out_dir)
+        if state is None:
+            return False
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.best_val = int(state["step"]), float(state["best_val"])
+        self.history = json.loads(state["history"])
+        torch.set_rng_state(state["rng_cpu"])
+        if "rng_cuda" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng_cuda"], self.device)
+        log.info("resumed from step %d", self.step)
+        return True
+
+    def save_best(self) -> None:
+        weights = {self.weight_prefix + name: t.float() for name, t in self.model.state_dict().items()}
+        atomic_save_safetensors(weights, self.out_dir / WEIGHTS_FILE, metadata={"step": str(self.step)})
+
+    def run_validation(self) -> None:
+        self.model.eval()
+        with torch.no_grad(), autocast(self.precision, self.device):
+            metrics = self.validate(self.model)
+        self.history["val"].append({"step": self.step, **metrics})
+        if metrics["loss"] < self.best_val:
+            self.best_val = metrics["loss"]
+            self.save_best()
+        log.info("step %d validation %s", self.step, {k: round(v, 5) for k, v in metrics.items()})
+
+    def fit(self, resume: bool = False) -> dict[str, list[dict]]:
+        if not resume:
+            torch.manual_seed(self.cfg.seed)
+        elif not self.load_resume():
+            log.info("no resume state in %s: starting from step 0", self.out_dir)
+            torch.manual_seed(self.cfg.seed)
+        running: dict[str, Tensor] = {}
+        running_steps = 0
+        bar = tqdm(total=self.end_step, initial=self.step, desc="train", unit="step")
+        while self.step < self.end_step:
+            batch = self.batches.batch(self.step)
+            if batch is None:
+                log.info("the text ended at step %d of %d", self.step, self.end_step)
+                break
+            self.model.train()
+            with autocast(self.precision, self.device):
+                loss, logs = self.loss_fn(self.model, batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.step += 1
+            bar.update(1)
+            # accumulate on the device: reading a value every step would force a sync per step on a GPU
+            for name, value in {"loss": loss.detach(), "grad_norm": grad_norm.detach(), **logs}.items():
+                running[name] = running.get(name, 0) + value.detach().float()
+            running_steps += 1
+            if self.step % self.cfg.log_every == 0 or self.step == self.end_step:
+                entry = {name: float(total) / running_steps for name, total in running.items()}
+                if not all(math.isfinite(v) for v in entry.values()):
+                    raise UserError(f"training diverged at step {self.step} (non-finite loss); try --precision fp32 or a lower --lr")
+                self.history["train"].append({"step": self.step, "lr": self.scheduler.get_last_lr()[0], **entry})
+                bar.set_postfix(loss=f"{entry['loss']:.4g}")
+                running, running_steps = {}, 0
+            if self.step % self.cfg.val_every == 0 or self.step == self.end_step:
+                self.run_validation()
+            if self.step % self.cfg.checkpoint_every == 0:
+                self.save_resume()
+        bar.close()
+        if not self.history["val"] or self.history["val"][-1]["step"] != self.step:
+            self.run_validation()
+        self.save_resume()
+        return self.history
