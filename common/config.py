@@ -187,8 +187,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "kl18": dict(num_wiki_samples=64, batch_size=8),
     },
     "tiny": {
+        # a higher lr so that a few dozen steps visibly learn
         "common": dict(model=TINY_MODEL, layer=2, harvest_batch_size=16, features=1_000, k=20, nfm_k=6,
-                       num_tokens=8_192, val_tokens=2_048, norm_rows=2_000),
+                       num_tokens=8_192, val_tokens=2_048, norm_rows=2_000, lr=1e-3),
         "sae1": dict(train_steps=100, stop_at_step=None, batch_size=256, val_every=50, checkpoint_every=50, log_every=10),
         "nfm": dict(sae_k=5, top_n_features=5, chunk_tokens=4_096, epochs_per_chunk=2, batch_size=64, val_every=20,
                     checkpoint_every=20, log_every=10, original_decay_steps=10),

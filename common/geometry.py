@@ -1,0 +1,176 @@
+"""Decoder geometry (SPEC §6): norms, blocked Gram/cosine statistics and the two PCA definitions.
+
+Decoders are (F, d) tensors whose ROW i is feature i's decoder vector (the paper's "column").
+"""
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import torch
+from sklearn.utils.extmath import randomized_svd
+
+from common.stats import describe
+
+logger = logging.getLogger(__name__)
+
+VALID_THRESHOLD = 1e-6
+VARIANCE_TARGET = 0.9
+
+
+def squared_norms(W_dec: torch.Tensor) -> torch.Tensor:
+    """Per-feature squared decoder norm, (F,), accumulated in float64 so fp16 decoders do not lose it."""
+    return torch.linalg.vector_norm(W_dec, dim=1, dtype=torch.float64).square()
+
+
+def valid_features(W_dec: torch.Tensor, threshold: float = VALID_THRESHOLD) -> torch.Tensor:
+    """Bool mask of features whose squared norm exceeds ``threshold`` (dead/zeroed rows have no direction)."""
+    return squared_norms(W_dec) > threshold
+
+
+def _drop_invalid(vectors: torch.Tensor, threshold: float) -> tuple[torch.Tensor, int]:
+    mask = valid_features(vectors, threshold)
+    dropped = int((~mask).sum())
+    if dropped:
+        logger.info("dropping %d of %d features with squared norm <= %g", dropped, len(mask), threshold)
+    return vectors[mask], dropped
+
+
+class _OffDiagAccumulator:
+    """Running float64 moments of one matrix's off-diagonal entries, kept on the device to avoid per-block syncs."""
+
+    def __init__(self, device: torch.device) -> None:
+        zero = torch.zeros((), dtype=torch.float64, device=device)
+        self.total, self.total_sq, self.total_abs, self.max_abs = zero.clone(), zero.clone(), zero.clone(), zero.clone()
+        self.count = 0
+
+    def add(self, block: torch.Tensor, n_offdiag: int) -> None:
+        # The block's own diagonal entries are already zero, so they add nothing to the sums.
+        self.total += block.sum(dtype=torch.float64)
+        self.total_sq += block.square().sum(dtype=torch.float64)
+        absolute = block.abs()
+        self.total_abs += absolute.sum(dtype=torch.float64)
+        self.max_abs = torch.maximum(self.max_abs, absolute.max().to(torch.float64))
+        self.count += n_offdiag
+
+    def summary(self) -> dict:
+        n = self.count
+        total, total_sq = self.total.item(), self.total_sq.item()
+        mean = total / n if n else float("nan")
+        # Population (ddof=0) std; the cancellation is harmless in float64 since the entries sit near zero.
+        var = max(total_sq / n - mean * mean, 0.0) if n else float("nan")
+        return {
+            "count": n,
+            "frobenius": math.sqrt(total_sq),
+            "mean": mean,
+            "mean_abs": self.total_abs.item() / n if n else float("nan"),
+            "std": math.sqrt(var),
+            "max_abs": self.max_abs.item(),
+        }
+
+
+def gram_offdiag_stats(
+    vectors: torch.Tensor,
+    block_size: int = 4096,
+    cosine_bins: int = 2000,
+    threshold: float = VALID_THRESHOLD,
+) -> dict:
+    """Off-diagonal statistics of the raw Gram ``V Vᵀ`` and of the cosine matrix, one row block at a time.
+
+    Features with squared norm <= ``threshold`` are dropped first. Never builds the F×F matrix: each
+    block is (block_size, F). The cosine histogram has ``cosine_bins`` equal bins over [-1, 1]
+    (fine by default, since random directions in d dimensions only spread by about 1/sqrt(d)).
+
+    Returns ``n_features``, ``n_dropped``, ``raw`` and ``cosine`` (each: ``count``, ``frobenius``,
+    ``mean``, ``mean_abs``, ``std`` (ddof=0), ``max_abs``), ``diagonal`` (``describe`` of the squared
+    norms) and ``cosine_histogram`` (``edges`` (bins+1,), ``counts`` (bins,) as numpy arrays).
+    """
+    V, dropped = _drop_invalid(vectors, threshold)
+    if V.dtype not in (torch.float32, torch.float64):
+        V = V.float()
+    n = V.shape[0]
+    norms = torch.linalg.vector_norm(V, dim=1)
+    edges = torch.linspace(-1.0, 1.0, cosine_bins + 1, dtype=V.dtype, device=V.device)
+    counts = torch.zeros(cosine_bins + 1, dtype=torch.int64, device=V.device)
+    raw, cosine = _OffDiagAccumulator(V.device), _OffDiagAccumulator(V.device)
+
+    for start in range(0, n, block_size):
+        stop = min(start + block_size, n)
+        rows = torch.arange(stop - start, device=V.device)
+        gram = V[start:stop] @ V.T
+        cos = (gram / norms[start:stop, None] / norms[None, :]).clamp_(-1.0, 1.0)
+        gram[rows, rows + start] = 0.0
+        cos[rows, rows + start] = 0.0
+        n_offdiag = gram.numel() - (stop - start)
+        raw.add(gram, n_offdiag)
+        cosine.add(cos, n_offdiag)
+        del gram  # free it before the index tensor below: at F = 50,000 each block is ~0.8 GB
+        # Bin j is [edges[j], edges[j+1]), the last one closed, as np.histogram; slot 0 catches the diagonal.
+        bins = torch.bucketize(cos, edges[1:-1], right=True, out_int32=True) + 1
+        bins[rows, rows + start] = 0
+        counts += torch.bincount(bins.flatten(), minlength=cosine_bins + 1)
+
+    return {
+        "n_features": n,
+        "n_dropped": dropped,
+        "raw": raw.summary(),
+        "cosine": cosine.summary(),
+        "diagonal": describe(squared_norms(V).cpu().numpy()),
+        "cosine_histogram": {"edges": edges.cpu().double().numpy(), "counts": counts[1:].cpu().numpy()},
+    }
+
+
+def _components_for_90(cumulative: np.ndarray) -> int:
+    return int(min(np.searchsorted(cumulative, VARIANCE_TARGET, side="left") + 1, len(cumulative)))
+
+
+def pca_exact(vectors: torch.Tensor, threshold: float = VALID_THRESHOLD) -> dict:
+    """Standard PCA: centred rows, eigenvalues of the d×d covariance, fractions of the TOTAL variance.
+
+    Returns ``definition``, ``n_features``, ``n_dropped``, ``explained_variance_ratio`` and
+    ``cumulative`` (numpy, (d,)) and ``components_90`` (the fewest components reaching 90%).
+    """
+    V, dropped = _drop_invalid(vectors, threshold)
+    centred = V.to(torch.float64) - V.to(torch.float64).mean(dim=0)
+    covariance = centred.T @ centred / max(V.shape[0] - 1, 1)
+    eigenvalues = torch.linalg.eigvalsh(covariance).flip(0).clamp_(min=0.0).cpu().numpy()
+    ratio = eigenvalues / eigenvalues.sum()
+    cumulative = np.cumsum(ratio)
+    return {
+        "definition": "standard: centred, eigenvalues of the covariance, fraction of total variance",
+        "n_features": V.shape[0],
+        "n_dropped": dropped,
+        "explained_variance_ratio": ratio,
+        "cumulative": cumulative,
+        "components_90": _components_for_90(cumulative),
+    }
+
+
+def pca_original(
+    vectors: torch.Tensor,
+    n_components: int = 1000,
+    seed: int = 0,
+    threshold: float = VALID_THRESHOLD,
+) -> dict:
+    """The original script's PCA: randomized SVD of the UNCENTRED rows, σ² normalized over the kept top components only.
+
+    Its "90%" is 90% of that truncated sum, so it is not a fraction of the total variance.
+    Returns the same keys as ``pca_exact`` plus ``n_components`` (min(n_components, d, F)).
+    """
+    V, dropped = _drop_invalid(vectors, threshold)
+    matrix = V.detach().to(torch.float64).cpu().numpy()
+    k = min(n_components, *matrix.shape)
+    _, singular_values, _ = randomized_svd(matrix, n_components=k, random_state=seed)
+    variance = singular_values**2
+    ratio = variance / variance.sum()
+    cumulative = np.cumsum(ratio)
+    return {
+        "definition": "original: randomized SVD of uncentred rows, σ² over the sum of the top components only",
+        "n_features": matrix.shape[0],
+        "n_dropped": dropped,
+        "n_components": k,
+        "explained_variance_ratio": ratio,
+        "cumulative": cumulative,
+        "components_90": _components_for_90(cumulative),
+    }

