@@ -96,7 +96,9 @@ def patch_layer(model: "PreTrainedModel", layer: int, replace: Callable[[Tensor]
         patched = patched.to(hidden.dtype)
         return (patched, *output[1:]) if isinstance(output, tuple) else patched
 
-    handle = model.model.layers[layer - 1].register_forward_hook(swap)
+    # Ahead of other hooks, so observers (transformers 5's own output_hidden_states hooks, installed on first use)
+    # see the patched residual whichever was registered first.
+    handle = model.model.layers[layer - 1].register_forward_hook(swap, prepend=True)
     try:
         yield
     finally:

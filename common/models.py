@@ -213,6 +213,8 @@ def _load_gguf(path: Path, dtype: torch.dtype | None) -> tuple["PreTrainedModel"
         )
     except ImportError as err:
         raise UserError(f"loading a GGUF model needs the gguf and accelerate packages: {_first_line(err)}") from err
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load model {path.name!r}: {_first_line(err)}") from err
     return model, tokenizer
 
 
