@@ -5,13 +5,16 @@ Every stage's files are read and written only here. A stage directory holds
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 import tempfile
+import zipfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
@@ -58,6 +61,18 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     _atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
+def atomic_save_npz(columns: Iterable[tuple[str, np.ndarray]], path: Path) -> None:
+    """A plain ``.npz`` (``np.load`` reads it) written one array at a time: a generator of columns keeps one in memory."""
+
+    def write(tmp: str) -> None:
+        with zipfile.ZipFile(tmp, "w", allowZip64=True) as archive:
+            for name, array in columns:
+                with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asarray(array), allow_pickle=False)
+
+    _atomic_write(path, write)
+
+
 def load_json(path: Path) -> Any:
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
@@ -96,6 +111,15 @@ def load_weights(folder: Path, prefix: str = "") -> dict[str, Tensor]:
     if not prefix:
         return tensors
     return {name[len(prefix) :]: t for name, t in tensors.items() if name.startswith(prefix)}
+
+
+def weights_sha256(folder: Path) -> str:
+    """Fingerprint of a stage's weights file: a later stage records it and refuses a checkpoint built on another."""
+    digest = hashlib.sha256()
+    with open(Path(folder) / WEIGHTS_FILE, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()}"
 
 
 def require_match(what: str, mine: dict, theirs: dict, keys: tuple[str, ...]) -> None:

@@ -135,6 +135,7 @@ class KLConfig(RunConfig, LMConfig):
     num_epsilon_samples: int = opt(3, "epsilon-random draws per token")
     original_eval: bool = opt(False, "evaluate as the original did: raw activations, K 1,024, no top-N, patch one block later")
     resume: bool = opt(False, "continue an interrupted evaluation in --output_dir")
+    overwrite: bool = opt(False, "replace an existing evaluation in --output_dir")
 
 
 @dataclass
@@ -160,6 +161,7 @@ class OrthoConfig(RunConfig):
     threshold: float = opt(1e-6, "features with squared decoder norm at or below this are dropped")
     pca_components: int = opt(1_000, "components of the original's randomized-SVD PCA (at most d)")
     output_dir: str = opt("orthogonality_results", "output directory")
+    overwrite: bool = opt(False, "replace an earlier analysis in --output_dir")
 
 
 @dataclass
@@ -169,6 +171,7 @@ class BimodalConfig(RunConfig):
     threshold: float = opt(1e-6, "features with squared decoder norm at or below this are dropped")
     split: float = opt(0.2, "squared-norm split between the low and high groups")
     output_dir: str = opt("bimodal_results", "output directory")
+    overwrite: bool = opt(False, "replace an earlier analysis in --output_dir")
 
 
 # Sizes keep the paper's ratios (F/d, K/F, top-N/K, k/d); steps and text sizes fit each preset's time budget.

@@ -45,14 +45,17 @@ class _OffDiagAccumulator:
         self.total, self.total_sq, self.total_abs, self.max_abs = zero.clone(), zero.clone(), zero.clone(), zero.clone()
         self.count = 0
 
-    def add(self, block: torch.Tensor, n_offdiag: int) -> None:
-        # The block's own diagonal entries are already zero, so they add nothing to the sums.
-        self.total += block.sum(dtype=torch.float64)
-        self.total_sq += block.square().sum(dtype=torch.float64)
-        absolute = block.abs()
-        self.total_abs += absolute.sum(dtype=torch.float64)
-        self.max_abs = torch.maximum(self.max_abs, absolute.max().to(torch.float64))
-        self.count += n_offdiag
+    def add(self, block: torch.Tensor, n_offdiag: int, weight: int = 1) -> None:
+        """``weight`` 2 counts each entry for its mirror image too. Diagonal entries must already be zero.
+
+        Row sums in the block's dtype (cascade-summed, and fused norms: no temporary block), totals in float64.
+        """
+        self.total += block.sum(dim=1).sum(dtype=torch.float64) * weight
+        self.total_sq += torch.linalg.vector_norm(block, 2, dim=1).to(torch.float64).square().sum() * weight
+        self.total_abs += torch.linalg.vector_norm(block, 1, dim=1).sum(dtype=torch.float64) * weight
+        low, high = torch.aminmax(block)
+        self.max_abs = torch.maximum(self.max_abs, torch.maximum(-low, high).to(torch.float64))
+        self.count += n_offdiag * weight
 
     def summary(self) -> dict:
         n = self.count
@@ -70,6 +73,16 @@ class _OffDiagAccumulator:
         }
 
 
+def _cosine_bin_counts(cosines: torch.Tensor, bins: int) -> torch.Tensor:
+    """Counts in ``bins`` equal bins over [-1, 1]: bin j holds (c + 1)·bins/2 in [j, j+1), c = 1 in the last.
+
+    Overwrites ``cosines``. Arithmetic binning instead of a search over the edges: 6x faster, and the same
+    counts as ``np.histogram`` on those edges except for a value within rounding of an edge.
+    """
+    positions = cosines.add_(1.0).mul_(bins / 2).clamp_(0, bins - 1)  # non-negative, so truncation is floor
+    return torch.bincount(positions.to(torch.int32).flatten(), minlength=bins)
+
+
 def gram_offdiag_stats(
     vectors: torch.Tensor,
     block_size: int = 4096,
@@ -79,7 +92,8 @@ def gram_offdiag_stats(
     """Off-diagonal statistics of the raw Gram ``V Vᵀ`` and of the cosine matrix, one row block at a time.
 
     Features with squared norm <= ``threshold`` are dropped first. Never builds the F×F matrix: each
-    block is (block_size, F). The cosine histogram has ``cosine_bins`` equal bins over [-1, 1]
+    block is at most (block_size, F), and by symmetry a block meets only the columns from its own first
+    row on, which halves the work. The cosine histogram has ``cosine_bins`` equal bins over [-1, 1]
     (fine by default, since random directions in d dimensions only spread by about 1/sqrt(d)).
 
     Returns ``n_features``, ``n_dropped``, ``raw`` and ``cosine`` (each: ``count``, ``frobenius``,
@@ -91,33 +105,36 @@ def gram_offdiag_stats(
         V = V.float()
     n = V.shape[0]
     norms = torch.linalg.vector_norm(V, dim=1)
-    edges = torch.linspace(-1.0, 1.0, cosine_bins + 1, dtype=V.dtype, device=V.device)
-    counts = torch.zeros(cosine_bins + 1, dtype=torch.int64, device=V.device)
+    counts = torch.zeros(cosine_bins, dtype=torch.int64, device=V.device)
+    zero_bin = cosine_bins // 2  # where the zeroed diagonal entries land, taken back out below
     raw, cosine = _OffDiagAccumulator(V.device), _OffDiagAccumulator(V.device)
 
     for start in range(0, n, block_size):
         stop = min(start + block_size, n)
-        rows = torch.arange(stop - start, device=V.device)
-        gram = V[start:stop] @ V.T
-        cos = (gram / norms[start:stop, None] / norms[None, :]).clamp_(-1.0, 1.0)
-        gram[rows, rows + start] = 0.0
-        cos[rows, rows + start] = 0.0
-        n_offdiag = gram.numel() - (stop - start)
-        raw.add(gram, n_offdiag)
-        cosine.add(cos, n_offdiag)
-        del gram  # free it before the index tensor below: at F = 50,000 each block is ~0.8 GB
-        # Bin j is [edges[j], edges[j+1]), the last one closed, as np.histogram; slot 0 catches the diagonal.
-        bins = torch.bucketize(cos, edges[1:-1], right=True, out_int32=True) + 1
-        bins[rows, rows + start] = 0
-        counts += torch.bincount(bins.flatten(), minlength=cosine_bins + 1)
+        width = stop - start
+        rows = torch.arange(width, device=V.device)
+        gram = V[start:stop] @ V[start:].T  # (width, n - start); column j is feature start + j
+        cos = (gram / norms[start:stop, None] / norms[None, start:]).clamp_(-1.0, 1.0)
+        gram[rows, rows] = 0.0
+        cos[rows, rows] = 0.0
+        # The square left part holds both triangles of this block's diagonal tile; the rest stands for its mirror too.
+        for part, weight, n_offdiag in ((slice(0, width), 1, width * (width - 1)), (slice(width, None), 2, width * (n - stop))):
+            if n_offdiag:
+                raw.add(gram[:, part], n_offdiag, weight)
+                cosine.add(cos[:, part], n_offdiag, weight)
+        del gram  # free it before the binning below: at F = 50,000 a block is ~0.8 GB
+        counts += _cosine_bin_counts(cos[:, :width], cosine_bins)
+        counts += 2 * _cosine_bin_counts(cos[:, width:], cosine_bins)
+        counts[zero_bin] -= width
 
+    edges = torch.linspace(-1.0, 1.0, cosine_bins + 1, dtype=torch.float64)
     return {
         "n_features": n,
         "n_dropped": dropped,
         "raw": raw.summary(),
         "cosine": cosine.summary(),
         "diagonal": describe(squared_norms(V).cpu().numpy()),
-        "cosine_histogram": {"edges": edges.cpu().double().numpy(), "counts": counts[1:].cpu().numpy()},
+        "cosine_histogram": {"edges": edges.numpy(), "counts": counts.cpu().numpy()},
     }
 
 

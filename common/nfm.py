@@ -93,7 +93,9 @@ class NFM(nn.Module):
         h = self._pool(acts, top_indices, latent_acts, "bi")
         return self.mlp[1](self.mlp[0](h)).to(self.linear_weight.dtype)
 
-    def _prepare(self, top_acts: Tensor, top_indices: Tensor, decode: str, pooling: str) -> tuple[Tensor, Tensor | None]:
+    def _prepare(
+        self, top_acts: Tensor, top_indices: Tensor, decode: str, pooling: str
+    ) -> tuple[Tensor, Tensor | None]:
         """Codes in the parameter dtype, plus the dense (B, F) matrix when decoding densely (``None`` when sparse)."""
         if decode not in DECODES:
             raise ValueError(f"decode must be one of {DECODES}, got {decode!r}")
@@ -109,11 +111,7 @@ class NFM(nn.Module):
     def _linear_term(self, acts: Tensor, top_indices: Tensor, latent_acts: Tensor | None) -> Tensor:
         if latent_acts is not None:
             return latent_acts @ self.linear_weight + self.linear_bias  # (B, d); bf16 under autocast
-        # CUDA has no bf16 backward for embedding_bag with per_sample_weights: the bag must run in the parameter
-        # dtype (acts were cast in _prepare), and autocast is switched off so no autocast policy can lower it.
-        with torch.autocast(acts.device.type, enabled=False):
-            bag = F.embedding_bag(top_indices, self.linear_weight, per_sample_weights=acts, mode="sum")  # (B, d)
-            return bag + self.linear_bias
+        return weighted_bag(top_indices, self.linear_weight, acts) + self.linear_bias
 
     def _pool(self, acts: Tensor, top_indices: Tensor, latent_acts: Tensor | None, pooling: str) -> Tensor:
         """The MLP's input ``h`` (B, k)."""
@@ -122,12 +120,50 @@ class NFM(nn.Module):
             if pooling == "sum":
                 return pooled
             return bi_interaction(pooled, latent_acts.square() @ self.embeddings.square())
-        # (B, N, k) is small (N <= 512, k = 300); elementwise work stays in the parameter dtype under autocast.
-        weighted_rows = F.embedding(top_indices, self.embeddings) * acts.unsqueeze(-1)  # (B, N, k)
-        pooled = weighted_rows.sum(dim=-2)
         if pooling == "sum":
-            return pooled
-        return bi_interaction(pooled, weighted_rows.square().sum(dim=-2))
+            return weighted_bag(top_indices, self.embeddings, acts)
+        return SparseBiInteraction.apply(acts, top_indices, self.embeddings)
+
+
+def weighted_bag(top_indices: Tensor, weight: Tensor, acts: Tensor) -> Tensor:
+    """Σ_i acts_i · weight[top_indices_i] per row, (B, N) -> (B, weight's width), never densifying the codes."""
+    # CUDA has no bf16 backward for embedding_bag with per_sample_weights: the bag runs in the parameter dtype
+    # (acts arrive cast to it), with autocast switched off so that no autocast policy can lower it.
+    with torch.autocast(acts.device.type, enabled=False):
+        return F.embedding_bag(top_indices, weight, per_sample_weights=acts, mode="sum")
+
+
+class SparseBiInteraction(torch.autograd.Function):
+    """The bi-interaction from the N gathered embedding rows, with a hand-written backward.
+
+    Autograd through the plain formula keeps about eight (B, N, k) temporaries (80 MB each at the paper's shapes);
+    on the CPU a fresh one costs more in page faults than in arithmetic. This keeps one in forward and two in
+    backward, which gathers the rows again instead of saving them.
+    """
+
+    @staticmethod
+    def forward(ctx, acts: Tensor, top_indices: Tensor, embeddings: Tensor) -> Tensor:
+        weighted_rows = F.embedding(top_indices, embeddings).mul_(acts.unsqueeze(-1))  # (B, N, k)
+        pooled = weighted_rows.sum(dim=-2)  # (B, k)
+        pooled_sq = weighted_rows.square_().sum(dim=-2)
+        ctx.save_for_backward(acts, top_indices, embeddings, pooled)
+        return bi_interaction(pooled, pooled_sq)
+
+    @staticmethod
+    def backward(ctx, grad_h: Tensor) -> tuple[Tensor | None, None, Tensor | None]:
+        acts, top_indices, embeddings, pooled = ctx.saved_tensors
+        with torch.autocast(grad_h.device.type, enabled=False):  # vecdot would drop to bf16 under autocast
+            rows = F.embedding(top_indices, embeddings)  # (B, N, k)
+            scale = acts.unsqueeze(-1)  # (B, N, 1)
+            # ∂h/∂(a_i v_i) = pooled − a_i v_i: the gradient of the i-th weighted row, (B, N, k)
+            grad_weighted = rows.mul(scale).neg_().add_(pooled.unsqueeze(-2)).mul_(grad_h.unsqueeze(-2))
+            grad_acts = torch.linalg.vecdot(rows, grad_weighted) if ctx.needs_input_grad[0] else None
+            del rows
+            grad_embeddings = None
+            if ctx.needs_input_grad[2]:
+                grad_rows = grad_weighted.mul_(scale).flatten(0, -2)  # (B·N, k)
+                grad_embeddings = torch.zeros_like(embeddings).index_add_(0, top_indices.flatten(), grad_rows)
+        return grad_acts, None, grad_embeddings
 
 
 def nfm_reference(nfm: NFM, latent_acts: Tensor, pooling: str = "bi") -> NFMOutput:

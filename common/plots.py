@@ -104,6 +104,29 @@ def plot_histograms(
     return _save(fig, path, title)
 
 
+def plot_histogram_panels(
+    series: dict[str, np.ndarray],
+    path: str | Path,
+    title: str,
+    xlabel: str,
+    bins: int = 100,
+    vlines: dict[str, dict[str, float]] | None = None,
+) -> Path:
+    """One histogram panel per series, side by side, each on its own bins; ``vlines[name]`` marks lines in that panel."""
+    fig, axes = _figure(len(series))
+    for ax, (name, values) in zip(axes, series.items()):
+        values = np.asarray(values, dtype=np.float64).ravel()
+        ax.hist(values, bins=bins, alpha=ALPHA, color=_color(0))
+        for i, (label, x) in enumerate((vlines or {}).get(name, {}).items(), start=1):
+            ax.axvline(x, color=_color(i), linestyle="--", label=f"{label} = {x:.3g}")
+        ax.set_title(f"{name} (n={len(values)})")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("count")
+        if (vlines or {}).get(name):
+            ax.legend()
+    return _save(fig, path, title)
+
+
 def plot_binned_histograms(
     histograms: dict[str, tuple[np.ndarray, np.ndarray]],
     path: str | Path,

@@ -100,20 +100,23 @@ def _test(result) -> dict:
     return {"t": float(result.statistic), "p": float(result.pvalue)}
 
 
-def paired_and_independent_tests(a: np.ndarray, b: np.ndarray) -> dict:
+def paired_and_independent_tests(a: np.ndarray, b: np.ndarray, independent_b: np.ndarray | None = None) -> dict:
     """Paired t-test (``ttest_rel``, the main statistic) beside the original's independent ``ttest_ind``.
 
-    ``a`` and ``b`` are aligned per measurement unit (e.g. per position). Returns ``n``, ``mean_a``,
-    ``mean_b``, ``mean_diff`` (a − b), ``paired`` and ``independent`` (each ``t``, ``p``).
+    ``a`` and ``b`` are aligned per measurement unit (e.g. per position). ``independent_b``, when given, is the
+    second sample of the independent test instead of ``b`` (e.g. every ε draw, where ``b`` averages them per
+    position). Returns ``n``, ``mean_a``, ``mean_b``, ``mean_diff`` (a − b), ``paired`` and ``independent``
+    (each ``t``, ``p``).
     """
     a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
+    unpaired = b if independent_b is None else np.asarray(independent_b, dtype=np.float64).ravel()
     return {
         "n": len(a),
         "mean_a": float(a.mean()),
         "mean_b": float(b.mean()),
         "mean_diff": float((a - b).mean()),
         "paired": _test(stats.ttest_rel(a, b)),
-        "independent": _test(stats.ttest_ind(a, b)),
+        "independent": _test(stats.ttest_ind(a, unpaired)),
     }
 
 
