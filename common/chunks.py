@@ -1,0 +1,40 @@
+"""Which windows each streamed chunk holds (stages 2 and 5), from the window rule alone: the step plan needs no LM run."""
+from __future__ import annotations
+
+from torch import Tensor
+
+from common.activations import ActivationStream
+from common.data import is_validation_window
+
+
+class ChunkPlan:
+    """The first ``num_tokens // window`` windows of the text, split evenly into ``round(windows / chunk windows)`` chunks.
+
+    An even split rather than fixed-size chunks plus a remainder: the original's 5M tokens made exactly 50 chunks of
+    100k, while 39,062 windows of 128 tokens cut by 781 would leave a 51st chunk of 12 windows, trained on for as
+    many epochs as a whole one. Only a chunk's training windows are trained on; its held-out windows belong to the
+    validation set (SPEC §0).
+    """
+
+    def __init__(self, stream: ActivationStream, num_tokens: int, chunk_tokens: int) -> None:
+        window = stream.text.window
+        self.stream = stream
+        # Tokenizing is cheap next to the LM, and knowing where the text ends keeps the schedule's step count exact.
+        self.num_windows = len(stream.text.available(0, max(1, num_tokens // window)))
+        self.chunk_windows = max(1, chunk_tokens // window)  # as asked; the even split differs by at most one
+        self.num_chunks = max(1, round(self.num_windows / self.chunk_windows))
+        self.rows_per_window = window - int(stream.exclude_first_position)
+
+    def windows(self, chunk: int) -> tuple[int, int]:
+        """[start, stop) window indices of the chunk."""
+        return chunk * self.num_windows // self.num_chunks, (chunk + 1) * self.num_windows // self.num_chunks
+
+    def rows_in_chunk(self, chunk: int) -> int:
+        start, stop = self.windows(chunk)
+        return sum(not is_validation_window(i) for i in range(start, stop)) * self.rows_per_window
+
+    def train_rows(self, chunk: int) -> Tensor | None:
+        """Raw LM rows (n, d) of the chunk's training windows; ``None`` past the last chunk."""
+        if chunk >= self.num_chunks:
+            return None
+        return self.stream.train_rows(*self.windows(chunk))
