@@ -1,0 +1,125 @@
+"""What the decoder analyses share (SPEC §6, §7): loading a decoder with its provenance, the band of squared norms
+that an untrained decoder column sits in, and the output folder with its ``results.json``."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import Tensor
+
+from common.checkpoint import atomic_save_json, git_commit, load_json, stage_dir, weights_sha256
+from common.errors import UserError
+from common.loading import load_sae
+from common.stage import check_output_dir
+
+RESULTS_FILE = "results.json"
+INIT_BAND_SIGMAS = 4.0
+NEAR_INIT_TOLERANCE = 0.25
+
+
+@dataclass
+class LoadedDecoder:
+    name: str
+    W_dec: Tensor  # (F, d) fp32 on the CPU; row i is feature i's decoder vector (the paper's column i)
+    source: dict[str, Any]
+
+
+def source_record(path: str | Path, flag: str, config: dict[str, Any]) -> dict[str, Any]:
+    """Where a decoder came from; ``weights_sha256`` lets a later analysis find this one's results again."""
+    folder = stage_dir(path, flag)
+    return {
+        "path": str(folder.resolve()),
+        "stage": config["stage"],
+        "weights_sha256": weights_sha256(folder),
+        "model_id": config.get("model_id"),
+        "layer": config.get("layer"),
+        "d_model": config["d_model"],
+        "features": config["config"]["features"],
+        "k": config["config"]["k"],
+    }
+
+
+def load_decoder(path: str | Path, flag: str, name: str) -> LoadedDecoder:
+    """The decoder of a stage-1 SAE or of a joint model's SAE part."""
+    sae, _, config = load_sae(path, flag)
+    return LoadedDecoder(name, sae.W_dec.detach(), source_record(path, flag, config))
+
+
+def initial_norm_band(d_model: int, num_features: int, sigmas: float = INIT_BAND_SIGMAS,
+                      tolerance: float = NEAR_INIT_TOLERANCE) -> dict[str, Any]:
+    """The squared norm of a decoder column at initialization, and the two bands around it that the analyses count.
+
+    ``TopKSAE`` draws each of a column's d entries from U(−1/√F, 1/√F) (PyTorch's Linear(F, d) init), so
+    E[u²] = 1/(3F) and Var[u²] = 4/(45F²): the squared norm has mean d/(3F) and std (2/(3F))·√(d/5), nearly
+    normal for d ≥ 64. "Barely moved" (``low``-``high``): within ``sigmas`` std of that mean, i.e. indistinguishable
+    from an untrained column. "Near init" (``near_low``-``near_high``): within ±``tolerance`` of the mean, which also
+    catches columns that trained a little and then stopped (e.g. features that died early).
+    """
+    mean = d_model / (3 * num_features)
+    std = 2 / (3 * num_features) * math.sqrt(d_model / 5)
+    return {
+        "mean": mean,
+        "std": std,
+        "sigmas": sigmas,
+        "low": mean - sigmas * std,
+        "high": mean + sigmas * std,
+        "tolerance": tolerance,
+        "near_low": mean * (1 - tolerance),
+        "near_high": mean * (1 + tolerance),
+        "rule": (f"initial squared norm d/(3F) with std (2/(3F))*sqrt(d/5) (entries U(-1/sqrt(F), 1/sqrt(F)), the default "
+                 f"init); barely moved: within {sigmas:g} std of d/(3F) (an untrained column falls outside with probability "
+                 f"~6e-5); near init: within ±{tolerance:.0%} of d/(3F)"),
+    }
+
+
+def barely_moved(squared_norms: np.ndarray, band: dict[str, Any]) -> np.ndarray:
+    """Bool mask of the columns whose squared norm is indistinguishable from an untrained one (``initial_norm_band``)."""
+    return (squared_norms >= band["low"]) & (squared_norms <= band["high"])
+
+
+def near_init(squared_norms: np.ndarray, band: dict[str, Any]) -> np.ndarray:
+    """Bool mask of the columns whose squared norm lies within ±tolerance of the initial mean d/(3F)."""
+    return (squared_norms >= band["near_low"]) & (squared_norms <= band["near_high"])
+
+
+def moved_summary(squared_norms: np.ndarray, band: dict[str, Any]) -> dict[str, Any]:
+    """How many of these columns barely moved from their initial squared norm, and how many sit near it."""
+    n = len(squared_norms)
+    moved, near = int(barely_moved(squared_norms, band).sum()), int(near_init(squared_norms, band).sum())
+    return {"count": moved, "fraction": moved / n if n else None,
+            "near_init_count": near, "near_init_fraction": near / n if n else None}
+
+
+def check_analysis_output(path: str | Path, overwrite: bool, inputs: list[str | Path]) -> Path:
+    """Refuse an output folder that holds a run (unless ``overwrite``) or that is one of the analysis's inputs."""
+    out = check_output_dir(path, resume=False, overwrite=overwrite)
+    for given in inputs:
+        if Path(given).resolve() == out.resolve():
+            raise UserError(f"--output_dir {out} is also an input of this analysis: choose another folder")
+    return out
+
+
+def run_record(cfg: Any, analysis: str) -> dict[str, Any]:
+    return {"analysis": analysis, "config": dataclasses.asdict(cfg), "git_commit": git_commit()}
+
+
+def write_results(out: Path, results: dict[str, Any]) -> Path:
+    """``results.json``, written last and atomically, so a half-finished analysis leaves none."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_save_json(results, out / RESULTS_FILE)
+    return out / RESULTS_FILE
+
+
+def read_results(folder: str | Path, flag: str, analysis: str) -> dict[str, Any]:
+    """Another analysis's ``results.json``, refusing a folder without one or written by another analysis."""
+    path = Path(folder) / RESULTS_FILE
+    if not path.is_file():
+        raise UserError(f"{flag} {folder}: no {RESULTS_FILE} there (run that analysis first)")
+    results = load_json(path)
+    if results.get("analysis") != analysis:
+        raise UserError(f"{flag} {folder}: holds the results of '{results.get('analysis')}', expected '{analysis}'")
+    return results
