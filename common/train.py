@@ -142,6 +142,30 @@ class Trainer:
             self.save_best()
         log.info("step %d validation %s", self.step, {k: round(v, 5) for k, v in metrics.items()})
 
+    def train_step(self, batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """One optimizer step (forward, backward, clip, Adam, schedule): the step ``fit`` runs and benchmarks time."""
+        self.model.train()
+        with autocast(self.precision, self.device):
+            loss, logs = self.loss_fn(self.model, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = self.clip_gradients()
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss, grad_norm, logs
+
+    def clip_gradients(self) -> Tensor:
+        """``clip_grad_norm_`` to ``grad_clip``, returning the norm before clipping.
+
+        Where the norm is a host value (the CPU) the rescaling pass is skipped when its factor would be 1, as it
+        nearly always is once training settles: at the paper's shapes that pass reads and writes 1.3 GB a step.
+        The result is bit-identical; on a GPU the test would cost a synchronization, so it always rescales.
+        """
+        total_norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
+        if self.device.type != "cpu" or bool(self.cfg.grad_clip / (total_norm + 1e-6) < 1.0):
+            torch.nn.utils.clip_grads_with_norm_(self.params, self.cfg.grad_clip, total_norm)
+        return total_norm
+
     def fit(self, resume: bool = False) -> dict[str, list[dict]]:
         if not resume:
             torch.manual_seed(self.cfg.seed)
@@ -156,14 +180,7 @@ class Trainer:
             if batch is None:
                 log.info("the text ended at step %d of %d", self.step, self.end_step)
                 break
-            self.model.train()
-            with autocast(self.precision, self.device):
-                loss, logs = self.loss_fn(self.model, batch)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
-            self.optimizer.step()
-            self.scheduler.step()
+            loss, grad_norm, logs = self.train_step(batch)
             self.step += 1
             bar.update(1)
             # accumulate on the device: reading a value every step would force a sync per step on a GPU

@@ -6,7 +6,7 @@ import itertools
 import pytest
 import torch
 
-from common.nfm import NFM, DECODES, nfm_reference, scatter_codes, select_top_n
+from common.nfm import DECODES, NFM, NFMOutput, nfm_reference, scatter_codes, select_top_n
 
 NUM_FEATURES, D_MODEL, EMBED_DIM, BATCH, TOP_N = 200, 16, 8, 6, 10
 
@@ -24,7 +24,8 @@ def random_codes(
 def make_nfm(seed: int = 0, dtype: torch.dtype = torch.float32) -> NFM:
     torch.manual_seed(seed)
     nfm = NFM(NUM_FEATURES, D_MODEL, EMBED_DIM).to(dtype)
-    # The init's std 0.01 makes the MLP nearly linear-zero; larger weights make the gradient checks meaningful.
+    # At the init's std 0.01 the interaction output is orders of magnitude below the linear one; std 0.3 makes
+    # every path's values and gradients large enough for the checks to bite.
     with torch.no_grad():
         for p in nfm.parameters():
             p.normal_(std=0.3)
@@ -43,16 +44,18 @@ def grads_of(nfm: NFM) -> dict[str, torch.Tensor]:
     return {name: p.grad.detach().clone() for name, p in nfm.named_parameters()}
 
 
-def run_path(nfm: NFM, top_acts, top_indices, decode: str | None, target: torch.Tensor, seed: int, pooling="bi"):
+def run_path(
+    nfm: NFM, top_acts: torch.Tensor, top_indices: torch.Tensor, decode: str | None, target: torch.Tensor, seed: int
+) -> tuple[NFMOutput, dict[str, torch.Tensor]]:
     """Outputs and parameter gradients of one path (``decode=None``: the reference) under a fixed RNG state."""
     nfm.zero_grad(set_to_none=True)
     torch.manual_seed(seed)
     if decode is None:
-        out = nfm_reference(nfm, scatter_codes(top_acts, top_indices, NUM_FEATURES), pooling)
+        out = nfm_reference(nfm, scatter_codes(top_acts, top_indices, NUM_FEATURES))
     else:
-        out = nfm(top_acts, top_indices, decode=decode, pooling=pooling)
+        out = nfm(top_acts, top_indices, decode=decode)
     # Weighting every output keeps all three in the loss without their gradients cancelling.
-    loss = ((out.total - target).square().mean() + out.linear.square().mean() + out.interaction.pow(3).mean())
+    loss = (out.total - target).square().mean() + out.linear.square().mean() + out.interaction.pow(3).mean()
     loss.backward()
     return out, grads_of(nfm)
 
@@ -124,10 +127,11 @@ def test_bf16_autocast_matches_reference(decode: str):
 def test_faithful_fp16_runs(decode: str):
     nfm = make_nfm(dtype=torch.float16).train()
     top_acts, top_indices = random_codes()
-    out = nfm(top_acts, top_indices, decode=decode)
+    codes = top_acts.half().requires_grad_()  # the joint model's fp16 SAE hands over fp16 codes that need grads
+    out = nfm(codes, top_indices, decode=decode)
     assert out.total.dtype == torch.float16
     out.total.float().square().mean().backward()
-    for name, p in nfm.named_parameters():
+    for name, p in [*nfm.named_parameters(), ("codes", codes)]:
         assert p.grad is not None and p.grad.dtype == torch.float16, name
         assert torch.isfinite(p.grad).all(), name
     nfm.eval()

@@ -90,3 +90,22 @@ def test_chunked_batches_walk_chunks_in_order_and_stop_at_the_end():
     values = [float(batches.batch(s)[0][0]) for s in range(8)]
     assert values == [0.0] * 4 + [1.0] * 4
     assert batches.batch(8) is None and loaded == [0, 1, 2]
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1e3], ids=["under_the_clip", "clipped"])
+def test_clip_gradients_equals_clip_grad_norm(tmp_path, scale):
+    """The CPU shortcut (no rescaling pass when the factor is 1) changes no bit of the gradients or the norm."""
+    torch.manual_seed(0)
+    model = TopKSAE(16, 64, 4)
+    grads = [torch.randn_like(p) * scale for p in model.parameters()]
+    trainer = Trainer(model, TrainConfig(grad_clip=1.0), tmp_path, CPU, "fp32", None, None, None)
+    for p, g in zip(model.parameters(), grads):
+        p.grad = g.clone()
+    norm = trainer.clip_gradients()
+    clipped = [p.grad.clone() for p in model.parameters()]
+    for p, g in zip(model.parameters(), grads):
+        p.grad = g.clone()
+    reference_norm = torch.nn.utils.clip_grad_norm_(list(model.parameters()), 1.0)
+    assert torch.equal(norm, reference_norm)
+    assert all(torch.equal(a, p.grad) for a, p in zip(clipped, model.parameters()))
+    assert (float(norm) > 1.0) == (scale > 1)

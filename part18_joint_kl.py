@@ -1,0 +1,45 @@
+"""Stage 8: KL / cross-entropy pathology tests of the joint SAE + NFM (SPEC §8).
+
+    python part18_joint_kl.py                                    # the paper's run, the model evaluated as trained
+    python part18_joint_kl.py --preset cpu --joint_model_path runs/cpu/joint
+    python part18_joint_kl.py --preset cpu ... --original_eval   # the original's evaluation (the paper's figures)
+"""
+from __future__ import annotations
+
+from common.cli import run_cli
+from common.config import KL18Config, parse_config
+from common.kl_conditions import JOINT_CONDITIONS, joint_conditions, original_settings, trained_settings
+from common.kl_stage import KLStage, check_kl_settings, run_kl_stage
+from common.loading import load_joint
+
+PAPER = ("paper (original evaluation): joint KL reduction 51.6% (headline); components linear 50.9% / interaction 8.6% / "
+         "both 51.9% (t > 15.8); CE 25.7% / 4.2% / 26.2% (t > 10.3); 3.2M measurements")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = parse_config(KL18Config, "kl18", __doc__, argv)
+    joint, norm, joint_config = load_joint(cfg.joint_model_path)
+    check_kl_settings(cfg, joint_config["layer"], "--joint_model_path")
+    if cfg.original_eval:
+        settings = original_settings(joint.sae.k, pooling="bi")
+    else:
+        settings = trained_settings(joint.sae.k, joint.top_n)
+
+    kl = KLStage(
+        stage="kl18",
+        checkpoints={f"--joint_model_path {cfg.joint_model_path}": joint_config},
+        modules=[joint],
+        norm=norm,
+        conditions=lambda norm_on_device, decode: joint_conditions(joint, norm_on_device, settings, decode),
+        labels=JOINT_CONDITIONS,
+        reference="joint_sae",
+        settings=settings,
+        title="part18 joint SAE + NFM",
+        paper=PAPER,
+        extra={"joint_model_path": str(cfg.joint_model_path)},
+    )
+    return run_kl_stage(cfg, kl)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,146 @@
+"""Run the whole pipeline for a preset, stage by stage, and write REPORT.md beside the stage outputs.
+
+    python reproduce.py --preset cpu --output_dir runs/cpu      # offline, SmolLM2-135M, 2 CPU cores
+    python reproduce.py --output_dir runs/paper --cache          # the paper's configuration, one 24 GB GPU
+
+Each stage writes DIR/<stage>/. A stage whose outputs are complete for the same settings is skipped, an interrupted
+one is resumed, so re-running the command continues where it stopped. Activations are harvested once into
+DIR/activation_cache and shared by the stages (on by default for cpu and tiny; at paper scale it takes ~32 GB).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from common.checkpoint import atomic_save_json, load_json
+from common.cli import run_cli
+from common.config import PRESETS
+from common.errors import UserError
+from common.report import write_report
+
+log = logging.getLogger("reproduce")
+ROOT = Path(__file__).resolve().parent
+RUN_RECORD = "reproduce_stage.json"
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    script: str
+    out_flag: str  # --checkpoint_dir or --output_dir
+    done_file: str  # written last by the script: its presence means the stage finished
+    inputs: Callable[[Path], list[str]]  # flags naming earlier stages' directories
+    uses_lm: bool = True
+    trains: bool = False  # training stages take --text_files, KL stages --eval_text_files
+    resumable: bool = True
+
+
+def _kl(*extra: str) -> Callable[[Path], list[str]]:
+    return lambda d: ["--sae1_model_path", str(d / "sae1"), "--nfm_model_path", str(d / "nfm"), *extra]
+
+
+def _kl_joint(*extra: str) -> Callable[[Path], list[str]]:
+    return lambda d: ["--joint_model_path", str(d / "joint"), *extra]
+
+
+# Pipeline order of the paper: 1 → 2 → 3 → 5 → 14 → 16 → 17 → 18; the KL stages run as trained and as the original evaluated.
+STAGES = (
+    Stage("sae1", "part1c_sae_topK_implementation.py", "--checkpoint_dir", "metrics.json", lambda d: [], trains=True),
+    Stage("nfm", "part2d_residual_NFM_streaming.py", "--checkpoint_dir", "metrics.json",
+          lambda d: ["--sae1_model_path", str(d / "sae1")], trains=True),
+    Stage("sae2", "part10_sae_decomp_of_NFM.py", "--checkpoint_dir", "metrics.json",
+          lambda d: ["--sae1_model_path", str(d / "sae1"), "--nfm_model_path", str(d / "nfm")], trains=True),
+    Stage("joint", "part15_joint_SAENFM.py", "--checkpoint_dir", "metrics.json",
+          lambda d: ["--sae1_model_path", str(d / "sae1"), "--compare_sequential", str(d / "nfm")], trains=True),
+    Stage("kl14", "part14_kl_tests.py", "--output_dir", "results.json", _kl()),
+    Stage("kl14_original", "part14_kl_tests.py", "--output_dir", "results.json", _kl("--original_eval")),
+    Stage("ortho", "part16_orthogonality.py", "--output_dir", "results.json",
+          lambda d: ["--sae1_model_path", str(d / "sae1"), "--sae2_model_path", str(d / "joint")], uses_lm=False, resumable=False),
+    Stage("bimodal", "part17_bimodal_gram.py", "--output_dir", "results.json",
+          lambda d: ["--joint_model_path", str(d / "joint"), "--orthogonality_dir", str(d / "ortho")], uses_lm=False, resumable=False),
+    Stage("kl18", "part18_joint_kl.py", "--output_dir", "results.json", _kl_joint()),
+    Stage("kl18_original", "part18_joint_kl.py", "--output_dir", "results.json", _kl_joint("--original_eval")),
+)
+
+
+def stage_argv(stage: Stage, args: argparse.Namespace, out_dir: Path) -> list[str]:
+    """The stage's command line: its inputs, the shared settings, and where it writes."""
+    argv = ["--preset", args.preset, stage.out_flag, str(out_dir / stage.name), *stage.inputs(out_dir)]
+    for flag in ("device", "precision", "seed"):
+        if getattr(args, flag) is not None:
+            argv += [f"--{flag}", str(getattr(args, flag))]
+    if stage.uses_lm:
+        if args.model:
+            argv += ["--model", args.model]
+        if args.cache:
+            argv += ["--cache_dir", str(out_dir / "activation_cache")]
+        if args.text_files and stage.trains:
+            argv += ["--text_files", *args.text_files]
+        if args.eval_text_files and not stage.trains:
+            argv += ["--eval_text_files", *args.eval_text_files]
+    return argv
+
+
+def run_stage(stage: Stage, argv: list[str], out_dir: Path) -> dict:
+    """Run one stage in its own process (a crash cannot take earlier outputs with it); skip it if already done."""
+    stage_out = out_dir / stage.name
+    record_path = stage_out / RUN_RECORD
+    previous = load_json(record_path) if record_path.is_file() else None
+    if previous and previous["argv"] == argv and (stage_out / stage.done_file).is_file():
+        log.info("%s: already complete, skipped", stage.name)
+        return {**previous, "skipped": True}
+    extra: list[str] = []
+    if stage_out.is_dir() and any(stage_out.iterdir()):
+        same_settings = previous is not None and previous["argv"] == argv
+        extra = ["--resume"] if same_settings and stage.resumable else ["--overwrite"]
+    log.info("%s: python %s %s", stage.name, stage.script, " ".join(argv + extra))
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, str(ROOT / stage.script), *argv, *extra], cwd=ROOT)
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        raise UserError(f"stage {stage.name} ({stage.script}) failed with exit code {result.returncode}; "
+                        f"earlier stages' outputs in {out_dir} are intact, re-run the same command to continue")
+    # A resumed stage reports the wall time of all its attempts.
+    total = seconds + (previous["seconds"] if previous and extra == ["--resume"] else 0.0)
+    record = {"argv": argv, "script": stage.script, "seconds": total}
+    atomic_save_json(record, record_path)
+    return {**record, "skipped": False}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="paper (default), cpu or tiny")
+    parser.add_argument("--output_dir", "--out", default=None, help="where every stage writes (default: runs/<preset>)")
+    parser.add_argument("--model", default=None, help="LM id or path (default: the preset's)")
+    parser.add_argument("--text_files", nargs="+", default=None, help="training text (default: the preset's)")
+    parser.add_argument("--eval_text_files", nargs="+", default=None, help="KL evaluation text (default: the preset's)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when present)")
+    parser.add_argument("--precision", default=None, help="auto, fp32, bf16 or faithful-fp16 (default: auto)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed for every stage")
+    parser.add_argument("--cache", action=argparse.BooleanOptionalAction, default=None,
+                        help="harvest activations once into DIR/activation_cache (default: on for cpu and tiny, off for paper)")
+    parser.add_argument("--stages", nargs="+", choices=[s.name for s in STAGES], default=None,
+                        help="run only these stages (their inputs must exist)")
+    args = parser.parse_args(argv)
+    if args.cache is None:
+        args.cache = args.preset != "paper"
+    out_dir = Path(args.output_dir or f"runs/{args.preset}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    timings = {}
+    for stage in STAGES:
+        if args.stages and stage.name not in args.stages:
+            continue
+        timings[stage.name] = run_stage(stage, stage_argv(stage, args, out_dir), out_dir)
+    report = write_report(out_dir, vars(args), timings)
+    print(f"report: {report}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
