@@ -36,7 +36,8 @@ ALIASES = {"sae1_model_path": ["--primary_sae_path"]}
 EVAL_BATCH_ROWS = 1024  # evaluation batches: row-independent, so only speed depends on it
 PAPER_EVAL_ROWS = 1_000  # the paper's figures came from the first 1,000 training tokens of the first chunk
 VALIDATION_KEYS = ("loss", "sae_part_mse", "improvement", "linear_share")  # per-validation history (the curves)
-# Where stages 16-18 find each part in best_model.safetensors (recorded in config.json; common.loading reads them).
+# Where each part's tensors sit in best_model.safetensors, recorded in config.json for stages 16-18
+# (common.loading.load_joint loads them all as one module, load_sae the SAE part alone).
 WEIGHT_PARTS = {"sae": "sae.", "nfm_linear": ["nfm.linear_weight", "nfm.linear_bias"],
                 "nfm_interaction": ["nfm.embeddings", "nfm.mlp.*"]}
 

@@ -172,16 +172,16 @@ def test_parts_load_separately_and_the_sae_loads_as_stage_1(tiny_joint_dir, tiny
 
 
 def _small_run(out: Path, *extra: str) -> dict:
-    # two chunks of 16 windows, one epoch each: the resumed half reloads a chunk and crosses into the next
-    return part15.main(["--preset", "tiny", "--num_tokens", "4096", "--chunk_tokens", "2048", "--epochs_per_chunk", "1",
-                        "--val_every", "10", "--checkpoint_every", "10", "--checkpoint_dir", str(out), *extra])
+    # two chunks of 8 windows (16 + 14 steps), one epoch each: the resumed run reloads chunk 1 and goes on into chunk 2
+    return part15.main(["--preset", "tiny", "--num_tokens", "2048", "--chunk_tokens", "1024", "--epochs_per_chunk", "1",
+                        "--val_every", "5", "--checkpoint_every", "5", "--checkpoint_dir", str(out), *extra])
 
 
 def test_resume_after_interruption_reaches_the_same_weights(tmp_path: Path):
     full = _small_run(tmp_path / "full")
-    _small_run(tmp_path / "split", "--stop_at_step", "20")
+    _small_run(tmp_path / "split", "--stop_at_step", "10")
     resumed = _small_run(tmp_path / "split", "--resume")
-    assert resumed["steps"] == full["steps"] > 20
+    assert resumed["steps"] == full["steps"] == 30
     final_full, final_resumed = (load_resume_state(tmp_path / name)["model"] for name in ("full", "split"))
     for name, tensor in final_full.items():
         assert torch.equal(tensor, final_resumed[name]), name
