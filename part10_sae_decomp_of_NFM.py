@@ -22,9 +22,8 @@ from common.errors import UserError
 from common.loading import PROVENANCE_KEYS, load_nfm, load_sae, require_same_lm
 from common.nfm import NFM
 from common.nfm_training import sae_codes
-from common.plots import plot_training_history
 from common.sae import TopKSAE, check_sae_shape
-from common.sae_training import evaluate_sae, train_sae
+from common.sae_training import run_sae_stage, sae_summary
 from common.stage import (check_output_dir, finish_output_dir, model_record, open_lm, open_stream, release, runtime,
                           save_norm_stats, start_output_dir)
 
@@ -111,31 +110,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.manual_seed(cfg.seed)
     secondary = TopKSAE(input_dim, num_features, k, cfg.tied)
-    started = time.perf_counter()
-    secondary, history = train_sae(secondary, train_vectors, val_vectors, vector_norm, cfg, rt, out)
-    train_seconds = time.perf_counter() - started
-    final = evaluate_sae(secondary, val_vectors, vector_norm, rt, cfg.batch_size, cfg.dead_threshold)
-    steps = history["train"][-1]["step"] if history["train"] else 0
-    metrics = {
-        **{key: final[key] for key in ("variance_explained", "mse", "fvu", "l0", "dead_fraction")},
-        "l0_fraction": final["l0"] / num_features,
-        "num_features": num_features,
-        "k": k,
-        "input_dim": input_dim,
-        "steps": steps,
-        "train_seconds": train_seconds,
-        "train_rows_per_second": steps * cfg.batch_size / max(train_seconds, 1e-9),
-        "collect_seconds": collect_seconds,
-        "precision_regime": rt.precision,
-        "decode_path": rt.decode,
-        "evaluated_on": f"{final['rows']} interaction vectors of held-out windows (z-scored units)",
-        "history": history,
-    }
-    plot_training_history(history, out / "training_curves.png",
-                          f"Stage 3 secondary SAE on the NFM interaction pathway (F={num_features}, K={k})")
+    metrics = run_sae_stage(secondary, train_vectors, val_vectors, vector_norm, cfg, rt, out,
+                            f"Stage 3 secondary SAE on the NFM interaction pathway (F={num_features}, K={k})")
+    metrics.update({"num_features": num_features, "k": k, "input_dim": input_dim, "collect_seconds": collect_seconds,
+                    "evaluated_on": f"{metrics['evaluated_rows']} interaction vectors of held-out windows (z-scored units)"})
     finish_output_dir(out, metrics)
-    print(f"stage 3 done: variance explained {final['variance_explained']:.4f}, MSE {final['mse']:.4f}, "
-          f"L0 {final['l0']:.1f} ({100 * metrics['l0_fraction']:.2f}%), dead {100 * final['dead_fraction']:.2f}% -> {out}")
+    print(sae_summary("stage 3", metrics, out))
     return metrics
 
 

@@ -15,7 +15,7 @@ import torch
 from common.activations import NORM_STATS_FILE, NormStats
 from common.batches import ChunkedBatches
 from common.checkpoint import METRICS_FILE, load_json, load_weights, read_stage, stage_dir, weights_sha256
-from common.chunks import ChunkPlan
+from common.chunks import ChunkPlan, check_streaming_settings
 from common.cli import run_cli
 from common.config import JointConfig, parse_config
 from common.device import autocast, param_dtype
@@ -47,10 +47,7 @@ def check_settings(cfg: JointConfig) -> None:
         raise UserError(f"--k {cfg.k} must be between 1 and --features {cfg.features}")
     if not 1 <= cfg.top_n_features <= cfg.k:
         raise UserError(f"--top_n_features {cfg.top_n_features} must be between 1 and --k {cfg.k}")
-    if cfg.chunk_tokens < cfg.window:
-        raise UserError(f"--chunk_tokens {cfg.chunk_tokens} is less than one --window of {cfg.window} tokens")
-    if cfg.nfm_k < 1 or cfg.epochs_per_chunk < 1 or cfg.batch_size < 1:
-        raise UserError("--nfm_k, --epochs_per_chunk and --batch_size must be positive")
+    check_streaming_settings(cfg)
     if not 0.0 <= cfg.dropout < 1.0:
         raise UserError(f"--dropout {cfg.dropout} must be in [0, 1)")
 

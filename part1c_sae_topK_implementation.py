@@ -12,9 +12,8 @@ from common.activations import NormStats
 from common.cli import run_cli
 from common.config import SAE1Config, parse_config
 from common.errors import UserError
-from common.plots import plot_training_history
 from common.sae import TopKSAE, check_sae_shape
-from common.sae_training import evaluate_sae, train_sae
+from common.sae_training import run_sae_stage, sae_summary
 from common.stage import (check_output_dir, finish_output_dir, model_record, open_lm, open_stream, release, runtime,
                           save_norm_stats, start_output_dir)
 
@@ -47,26 +46,11 @@ def main(argv: list[str] | None = None) -> dict:
     save_norm_stats(norm, out)
 
     sae = TopKSAE(lm.d_model, cfg.features, cfg.k, cfg.tied)
-    started = time.perf_counter()
-    sae, history = train_sae(sae, train_rows, val_rows, norm, cfg, rt, out)
-    train_seconds = time.perf_counter() - started
-    final = evaluate_sae(sae, val_rows, norm, rt, cfg.batch_size, cfg.dead_threshold)
-    steps = history["train"][-1]["step"] if history["train"] else 0
-    metrics = {
-        **{key: final[key] for key in ("variance_explained", "mse", "fvu", "l0", "dead_fraction")},
-        "l0_fraction": final["l0"] / cfg.features,
-        "steps": steps,
-        "train_rows_per_second": steps * cfg.batch_size / max(train_seconds, 1e-9),
-        "harvest_tokens_per_second": data["harvest_tokens_per_second"],
-        "precision_regime": rt.precision,
-        "decode_path": rt.decode,
-        "evaluated_on": f"{final['rows']} held-out rows (normalized units)",
-        "history": history,
-    }
-    plot_training_history(history, out / "training_curves.png", f"Stage 1 TopK SAE (F={cfg.features}, K={cfg.k})")
+    metrics = run_sae_stage(sae, train_rows, val_rows, norm, cfg, rt, out, f"Stage 1 TopK SAE (F={cfg.features}, K={cfg.k})")
+    metrics["harvest_tokens_per_second"] = data["harvest_tokens_per_second"]
+    metrics["evaluated_on"] = f"{metrics['evaluated_rows']} held-out rows (normalized units)"
     finish_output_dir(out, metrics)
-    print(f"stage 1 done: variance explained {final['variance_explained']:.4f}, MSE {final['mse']:.4f}, "
-          f"L0 {final['l0']:.1f} ({100 * metrics['l0_fraction']:.2f}%), dead {100 * final['dead_fraction']:.2f}% -> {out}")
+    print(sae_summary("stage 1", metrics, out))
     return metrics
 
 

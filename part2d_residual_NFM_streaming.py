@@ -15,7 +15,7 @@ import torch
 
 from common.batches import ChunkedBatches
 from common.checkpoint import load_weights, stage_dir, weights_sha256
-from common.chunks import ChunkPlan
+from common.chunks import ChunkPlan, check_streaming_settings
 from common.cli import run_cli
 from common.config import NFMConfig, parse_config
 from common.device import autocast, param_dtype
@@ -41,10 +41,7 @@ def check_settings(cfg: NFMConfig, sae_k_trained: int) -> None:
         raise UserError(f"--sae_k {cfg.sae_k} must be between 1 and the stage-1 SAE's K={sae_k_trained}")
     if not 1 <= cfg.top_n_features <= cfg.sae_k:
         raise UserError(f"--top_n_features {cfg.top_n_features} must be between 1 and --sae_k {cfg.sae_k}")
-    if cfg.chunk_tokens < cfg.window:
-        raise UserError(f"--chunk_tokens {cfg.chunk_tokens} is less than one --window of {cfg.window} tokens")
-    if cfg.nfm_k < 1 or cfg.epochs_per_chunk < 1 or cfg.batch_size < 1:
-        raise UserError("--nfm_k, --epochs_per_chunk and --batch_size must be positive")
+    check_streaming_settings(cfg)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -5,6 +5,15 @@ from torch import Tensor
 
 from common.activations import ActivationStream
 from common.data import is_validation_window
+from common.errors import UserError
+
+
+def check_streaming_settings(cfg: Any) -> None:
+    """The settings stages 2 and 5 share: chunks of whole windows, a positive NFM width, epochs and batch."""
+    if cfg.chunk_tokens < cfg.window:
+        raise UserError(f"--chunk_tokens {cfg.chunk_tokens} is less than one --window of {cfg.window} tokens")
+    if cfg.nfm_k < 1 or cfg.epochs_per_chunk < 1 or cfg.batch_size < 1:
+        raise UserError("--nfm_k, --epochs_per_chunk and --batch_size must be positive")
 
 
 class ChunkPlan:
