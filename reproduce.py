@@ -101,16 +101,17 @@ def run_stage(stage: Stage, argv: list[str], out_dir: Path) -> dict:
         same_settings = previous is not None and previous["argv"] == argv
         extra = ["--resume"] if same_settings and stage.resumable else ["--overwrite"]
     log.info("%s: python %s %s", stage.name, stage.script, " ".join(argv + extra))
+    # Recorded before the run, so that a run killed part-way is resumed (not overwritten) the next time.
+    earlier = previous["seconds"] if previous and extra == ["--resume"] else 0.0
+    atomic_save_json({"argv": argv, "script": stage.script, "seconds": earlier}, record_path)
     started = time.perf_counter()
     result = subprocess.run([sys.executable, str(ROOT / stage.script), *argv, *extra], cwd=ROOT)
-    seconds = time.perf_counter() - started
+    # A resumed stage reports the wall time of all its attempts.
+    record = {"argv": argv, "script": stage.script, "seconds": earlier + time.perf_counter() - started}
+    atomic_save_json(record, record_path)
     if result.returncode != 0:
         raise UserError(f"stage {stage.name} ({stage.script}) failed with exit code {result.returncode}; "
                         f"earlier stages' outputs in {out_dir} are intact, re-run the same command to continue")
-    # A resumed stage reports the wall time of all its attempts.
-    total = seconds + (previous["seconds"] if previous and extra == ["--resume"] else 0.0)
-    record = {"argv": argv, "script": stage.script, "seconds": total}
-    atomic_save_json(record, record_path)
     return {**record, "skipped": False}
 
 
