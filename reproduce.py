@@ -10,7 +10,6 @@ DIR/activation_cache and shared by the stages (on by default for cpu and tiny; a
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import subprocess
 import sys

@@ -1,6 +1,8 @@
 """Which windows each streamed chunk holds (stages 2 and 5), from the window rule alone: the step plan needs no LM run."""
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor
 
 from common.activations import ActivationStream

@@ -53,3 +53,19 @@ def tiny_nfm_dir(tiny_stage1_dir: Path, tmp_path_factory: pytest.TempPathFactory
     out = tmp_path_factory.mktemp("tiny_nfm") / "nfm"
     main(["--preset", "tiny", "--sae1_model_path", str(tiny_stage1_dir), "--checkpoint_dir", str(out)])
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_joint_run(tiny_stage1_dir: Path, tiny_nfm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A finished stage-5 (joint) directory of the tiny preset and its metrics, compared with ``tiny_nfm_dir``."""
+    from part15_joint_SAENFM import main
+
+    out = tmp_path_factory.mktemp("tiny_joint") / "joint"
+    metrics = main(["--preset", "tiny", "--sae1_model_path", str(tiny_stage1_dir), "--compare_sequential", str(tiny_nfm_dir),
+                    "--checkpoint_dir", str(out)])
+    return out, metrics
+
+
+@pytest.fixture(scope="session")
+def tiny_joint_dir(tiny_joint_run: tuple[Path, dict]) -> Path:
+    return tiny_joint_run[0]

@@ -16,7 +16,7 @@ from common.analysis import RESULTS_FILE, barely_moved, initial_norm_band, near_
 from common.checkpoint import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, atomic_save_json, atomic_save_safetensors
 from common.errors import UserError
 from common.joint import JointSAENFM
-from common.loading import load_joint, load_sae
+from common.loading import load_joint
 from common.paths import REPO_ROOT
 from common.sae import TopKSAE
 
@@ -212,18 +212,8 @@ def test_part17_table_has_the_papers_rows(bimodal_run):
         assert text in table
 
 
-def _joint_from_stage1(stage1_dir: Path, folder: Path) -> Path:
-    """Until the tiny joint stage exists: a joint directory whose SAE part is the trained tiny stage-1 SAE."""
-    sae, _, _ = load_sae(stage1_dir)
-    nfm = JointSAENFM(sae.d_model, sae.num_features, 20, NFM_K, 10).nfm
-    return write_joint(folder, sae.W_dec.detach(), nfm.linear_weight.detach(), nfm.embeddings.detach())
-
-
-def test_both_scripts_on_tiny_checkpoints(request, tiny_stage1_dir, tmp_path):
-    try:
-        joint_dir = request.getfixturevalue("tiny_joint_dir")
-    except pytest.FixtureLookupError:
-        joint_dir = _joint_from_stage1(tiny_stage1_dir, tmp_path / "joint")
+def test_both_scripts_on_tiny_checkpoints(tiny_stage1_dir, tiny_joint_dir, tmp_path):
+    joint_dir = tiny_joint_dir
     ortho = part16.main(["--preset", "tiny", "--sae1_model_path", str(tiny_stage1_dir), "--sae2_model_path", str(joint_dir),
                          "--output_dir", str(tmp_path / "part16")])
     for entry in ortho["saes"].values():

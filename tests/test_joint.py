@@ -128,16 +128,8 @@ def run_stage(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]
     return exit_info.value.code, capsys.readouterr().err
 
 
-@pytest.fixture(scope="module")
-def tiny_joint_dir(tiny_stage1_dir: Path, tiny_nfm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    out = tmp_path_factory.mktemp("tiny_joint") / "joint"
-    metrics = part15.main(["--preset", "tiny", "--sae1_model_path", str(tiny_stage1_dir),
-                           "--compare_sequential", str(tiny_nfm_dir), "--checkpoint_dir", str(out)])
-    return out, metrics
-
-
-def test_tiny_run_learns_and_reports(tiny_joint_dir):
-    out, metrics = tiny_joint_dir
+def test_tiny_run_learns_and_reports(tiny_joint_run):
+    out, metrics = tiny_joint_run
     train = metrics["history"]["train"]
     assert train[-1]["loss"] < 0.7 * train[0]["loss"]
     assert 0.0 < metrics["improvement"] < 1.0
@@ -153,12 +145,12 @@ def test_tiny_run_learns_and_reports(tiny_joint_dir):
     assert load_json(out / METRICS_FILE)["improvement"] == metrics["improvement"]
 
 
-def test_sequential_comparison_reads_stage_2(tiny_joint_dir, tiny_nfm_dir: Path):
-    assert tiny_joint_dir[1]["sequential_improvement_val"] == load_json(tiny_nfm_dir / METRICS_FILE)["error_reduction_val"]
+def test_sequential_comparison_reads_stage_2(tiny_joint_run, tiny_nfm_dir: Path):
+    assert tiny_joint_run[1]["sequential_improvement_val"] == load_json(tiny_nfm_dir / METRICS_FILE)["error_reduction_val"]
 
 
-def test_parts_load_separately_and_the_sae_loads_as_stage_1(tiny_joint_dir, tiny_stage1_dir: Path):
-    out, _ = tiny_joint_dir
+def test_parts_load_separately_and_the_sae_loads_as_stage_1(tiny_joint_run, tiny_stage1_dir: Path):
+    out, _ = tiny_joint_run
     joint, norm, config = load_joint(out)
     sae, sae_norm, _ = load_sae(out)
     for name, tensor in sae.state_dict().items():

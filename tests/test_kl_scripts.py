@@ -184,11 +184,8 @@ def run18(joint: Path, out: Path, *extra: str) -> dict:
     return part18_joint_kl.main([*SMALL, "--joint_model_path", str(joint), "--output_dir", str(out), *extra])
 
 
-def test_part18_as_trained_and_original(request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    try:
-        joint_dir = request.getfixturevalue("tiny_joint_dir")
-    except pytest.FixtureLookupError:
-        pytest.skip("no tiny_joint_dir fixture yet (stage 5 not written)")
+def test_part18_as_trained_and_original(tiny_joint_dir: Path, tmp_path: Path) -> None:
+    joint_dir = tiny_joint_dir
     config = json.loads((joint_dir / "config.json").read_text())["config"]
     run18(joint_dir, tmp_path / "trained")
     run18(joint_dir, tmp_path / "original", "--original_eval")

@@ -205,7 +205,7 @@ def test_joint_conditions_trained_and_original(monkeypatch) -> None:
     raw = torch.randn(10, 64)
     calls = spy(monkeypatch, joint, "forward")
     trained = joint_conditions(joint, norm, trained_settings(20, 10), "sparse")(raw)
-    original = joint_conditions(joint, norm, original_settings(20, pooling="bi"), "sparse")(raw)
+    joint_conditions(joint, norm, original_settings(20, pooling="bi"), "sparse")(raw)
     assert list(trained) == list(JOINT_CONDITIONS)
     (args_trained, _), (args_original, _) = calls
     torch.testing.assert_close(args_trained[0], norm.normalize(raw))
