@@ -16,10 +16,11 @@ Each model with its Adam state is about 8 GB, so only one lives at a time: round
 builds its model, runs one warm-up step (Adam's state is allocated there) and times ``--steps`` steps. Printed: the
 median wall and CPU seconds per step of each and their ratios. Not run by CI; asserts nothing.
 
-On a shared CPU two process settings move both sides, so the header prints them; they must be set before Python
-starts: ``OMP_WAIT_POLICY=PASSIVE`` (with other jobs on the cores, spinning OpenMP threads stall every parallel region:
-a 131k-element sort took 180 ms instead of 2.5 ms) and ``THP_MEM_ALLOC_ENABLE=1`` (2 MB pages for the fresh F × d
-gradient buffers, which otherwise cost one page fault per 4 kB).
+Run through ``common.cli.run_cli`` as the numbered scripts are, so both sides get its huge pages for PyTorch's CPU
+buffers (``THP_MEM_ALLOC_ENABLE``; ``=0`` in the environment turns them off). On a shared CPU ``OMP_WAIT_POLICY``
+moves both sides too and must be set before Python starts: with other jobs on the cores, OpenMP's spinning threads
+stall every parallel region (a 131k-element sort took 180-280 ms instead of 2.5 ms with ``PASSIVE``). The header
+prints both.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmarks.bench_nfm import DenseNFM
+from common.cli import run_cli
 from common.device import resolve_decode, resolve_device, resolve_precision
 from common.joint import JointSAENFM
 from common.joint_training import joint_loss
@@ -141,4 +143,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -189,7 +189,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                       log_every=50, original_decay_steps=200),
         # ≈14 s per batch of 8 windows on 2 free cores (1 clean + 16 patched passes of the blocks after layer 15)
         "kl14": dict(num_wiki_samples=56, batch_size=8),
-        "kl18": dict(num_wiki_samples=40, batch_size=8),
+        "kl18": dict(num_wiki_samples=24, batch_size=8),
     },
     "tiny": {
         # a higher lr so that a few dozen steps visibly learn
