@@ -73,7 +73,7 @@ def rows() -> list[Row]:
             check=lambda o, s: o["nfm"]["error_reduction_val"] > 0),
         Row("Stage 2: sequential NFM", "residual MSE before → after, validation (before)", "0.3672", "nfm:residual_mse_before_val", "num"),
         Row("Stage 2: sequential NFM", "residual MSE before → after, validation (after)", "0.2811", "nfm:residual_mse_after_val", "num"),
-        Row("Stage 2: sequential NFM", "linear share of mean \\|output\\|", "95.5%", "nfm:linear_share", rule="linear > interaction",
+        Row("Stage 2: sequential NFM", "linear share of mean |output|", "95.5%", "nfm:linear_share", rule="linear > interaction",
             check=lambda o, s: o["nfm"]["linear_share"] > o["nfm"]["interaction_share"]),
         Row("Stage 3: secondary SAE", "variance explained of the interaction vectors", "—", "sae2:variance_explained"),
         Row("Stage 5: joint", "joint reconstruction MSE (held out)", "0.162", "joint:joint_mse", "num"),
@@ -83,7 +83,7 @@ def rows() -> list[Row]:
             check=lambda o, s: o["joint"]["improvement"] > o["nfm"]["error_reduction_val"]),
         Row("Stage 5: joint", "improvement over the standalone stage-1 SAE", "—", "joint:improvement_vs_standalone", rule="> 0",
             check=lambda o, s: o["joint"]["improvement_vs_standalone"] > 0),
-        Row("Stage 5: joint", "linear share of mean \\|output\\|", "94.0%", "joint:linear_share", rule="linear > interaction",
+        Row("Stage 5: joint", "linear share of mean |output|", "94.0%", "joint:linear_share", rule="linear > interaction",
             check=lambda o, s: o["joint"]["linear_share"] > o["joint"]["interaction_share"]),
         Row("Stage 5: joint", "NFM linear share of parameters (paper's count)", "32.3%", "joint:parameters.paper_style.shares.nfm_linear",
             rule="within 1 point of 32.3%", check=lambda o, s: abs(o["joint"]["parameters"]["paper_style"]["shares"]["nfm_linear"] - 0.323) < 0.01),
@@ -238,7 +238,7 @@ def _markdown(header: dict, table: list[dict], out_dir: Path) -> str:
         holds = "" if "holds" not in row else ("yes" if row["holds"] else "**no**")
         if "holds_original" in row:
             holds += f" / {'yes' if row['holds_original'] else '**no**'}"
-        lines.append(f"| {row['name']} | {row['paper']} | {_fmt(row['value'], row['kind'])} | {original} | {row['rule']} | "
+        lines.append(f"| {row['name'].replace('|', chr(92) + '|')} | {row['paper']} | {_fmt(row['value'], row['kind'])} | {original} | {row['rule']} | "
                      f"{holds} | `{row['source']}` |")
     lines += ["", "## Figures", ""]
     for png in sorted(out_dir.glob("*/*.png")):
