@@ -26,7 +26,7 @@ from common.report import write_report
 
 log = logging.getLogger("reproduce")
 ROOT = Path(__file__).resolve().parent
-RUN_RECORD = "reproduce_stage.json"
+RUN_RECORDS = "reproduce_records"
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def stage_argv(stage: Stage, args: argparse.Namespace, out_dir: Path) -> list[st
 def run_stage(stage: Stage, argv: list[str], out_dir: Path) -> dict:
     """Run one stage in its own process (a crash cannot take earlier outputs with it); skip it if already done."""
     stage_out = out_dir / stage.name
-    record_path = stage_out / RUN_RECORD
+    record_path = out_dir / RUN_RECORDS / f"{stage.name}.json"  # outside the stage dir, which the script guards
     previous = load_json(record_path) if record_path.is_file() else None
     if previous and previous["argv"] == argv and (stage_out / stage.done_file).is_file():
         log.info("%s: already complete, skipped", stage.name)
