@@ -1,4 +1,4 @@
-"""Stage 8: KL / cross-entropy pathology tests of the joint SAE + NFM (SPEC §8).
+"""Stage 8: KL / cross-entropy pathology tests of the joint SAE + NFM (METHOD §8).
 
     python part18_joint_kl.py                                    # the paper's run, the model evaluated as trained
     python part18_joint_kl.py --preset cpu --joint_model_path runs/cpu/joint
@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from common.cli import run_cli
-from common.config import KL18Config, parse_config
+from common.config import parse_config
 from common.kl_conditions import JOINT_CONDITIONS, joint_conditions, original_settings, trained_settings
 from common.kl_stage import KLStage, check_kl_settings, run_kl_stage
 from common.loading import load_joint
@@ -17,9 +17,9 @@ PAPER = ("paper (original evaluation): joint KL reduction 51.6% (headline); comp
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_config(KL18Config, "kl18", __doc__, argv)
-    joint, norm, joint_config = load_joint(cfg.joint_model_path)
-    check_kl_settings(cfg, joint_config["layer"], "--joint_model_path")
+    cfg = parse_config("kl18", __doc__, argv)
+    joint, norm, source = load_joint(cfg.joint_model_path)
+    check_kl_settings(cfg, source.config["layer"], "--joint_model_path")
     if cfg.original_eval:
         settings = original_settings(joint.sae.k, pooling="bi")
     else:
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     kl = KLStage(
         stage="kl18",
-        checkpoints={f"--joint_model_path {cfg.joint_model_path}": joint_config},
+        inputs=[source],
         modules=[joint],
         norm=norm,
         conditions=lambda norm_on_device, decode: joint_conditions(joint, norm_on_device, settings, decode),

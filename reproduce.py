@@ -14,9 +14,9 @@ import logging
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from common.checkpoint import atomic_save_json, load_json
 from common.cli import run_cli
@@ -57,7 +57,7 @@ STAGES = (
     Stage("sae2", "part10_sae_decomp_of_NFM.py", "--checkpoint_dir", "metrics.json",
           lambda d: ["--sae1_model_path", str(d / "sae1"), "--nfm_model_path", str(d / "nfm")], trains=True),
     Stage("joint", "part15_joint_SAENFM.py", "--checkpoint_dir", "metrics.json",
-          lambda d: ["--sae1_model_path", str(d / "sae1"), "--compare_sequential", str(d / "nfm")], trains=True),
+          lambda d: ["--sae1_model_path", str(d / "sae1"), "--nfm_model_path", str(d / "nfm")], trains=True),
     Stage("kl14", "part14_kl_tests.py", "--output_dir", "results.json", _kl()),
     Stage("kl14_original", "part14_kl_tests.py", "--output_dir", "results.json", _kl("--original_eval")),
     Stage("ortho", "part16_orthogonality.py", "--output_dir", "results.json",

@@ -3,7 +3,7 @@
     python -m benchmarks.bench_joint_step [--device cpu|cuda] [--rounds 3] [--steps 3]
 
 Both sides run the whole step: forward, MSE, backward, gradient clip at 1.0, Adam.
-Ours is ``common.train.Trainer.train_step`` on ``common.joint.JointSAENFM`` with the device's defaults (SPEC §9): one
+Ours is ``common.train.Trainer.train_step`` on ``common.joint.JointSAENFM`` with the device's defaults (METHOD §9): one
 tied F × d SAE matrix, fp32 weights and Adam state, fused Adam, and on the CPU the gather (embedding-bag) decode in
 fp32, on CUDA the dense decode under bf16 autocast.
 The original's step: an encoder ``Linear(d, F)`` whose weight is assigned a view of the decoder ``Linear(F, d)``'s
@@ -30,8 +30,8 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -39,11 +39,12 @@ from torch import Tensor, nn
 
 from benchmarks.bench_nfm import DenseNFM
 from common.cli import run_cli
+from common.codes import scatter_codes, select_top_n
+from common.config import TrainConfig
 from common.device import resolve_decode, resolve_device, resolve_precision
 from common.joint import JointSAENFM
-from common.joint_training import joint_loss
-from common.nfm import scatter_codes, select_top_n
-from common.train import TrainConfig, Trainer
+from common.joint_objective import joint_loss
+from common.train import Trainer
 
 
 class OriginalJoint(nn.Module):

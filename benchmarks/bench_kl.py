@@ -1,4 +1,4 @@
-"""Tokens per second of the KL evaluator against the original's way, in one run (SPEC §9).
+"""Tokens per second of the KL evaluator against the original's way, in one run (METHOD §9).
 
     python -m benchmarks.bench_kl                                      # SmolLM2 layer 15, cpu preset shapes
     python -m benchmarks.bench_kl --model tiny-random-llama --layer 2 --features 1000 --k 20 --sae_k 5 --nfm_k 6
@@ -27,7 +27,7 @@ from common.data import WindowedText, resolve_text  # noqa: E402
 from common.device import resolve_decode, resolve_device  # noqa: E402
 from common.hooks import capture_layer  # noqa: E402
 from common.kl_conditions import sequential_conditions, trained_settings  # noqa: E402
-from common.models import SMOLLM2_GGUF, load_lm  # noqa: E402
+from common.lm import SMOLLM2_GGUF, load_lm  # noqa: E402
 from common.nfm import NFM  # noqa: E402
 from common.patching import PatchingEvaluator  # noqa: E402
 from common.sae import TopKSAE  # noqa: E402

@@ -4,7 +4,7 @@
 
 Both sides start from the same (B, N) codes with exactly N non-zeros per row. The dense side is a plain
 ``Linear(F, d)`` on the scattered (B, F) matrix with the interaction as ``(f@E)² − (f²)@(E²)``, in fp32; ours is
-``common.nfm.NFM`` with the decode path(s) SPEC §9 picks for the device. Reported: forward+backward, and the whole
+``common.nfm.NFM`` with the decode path(s) METHOD §9 picks for the device. Reported: forward+backward, and the whole
 training step with fused Adam, as medians of alternated repeats after warm-up. Not run by CI; asserts nothing.
 """
 from __future__ import annotations
@@ -14,14 +14,15 @@ import contextlib
 import os
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from common.codes import scatter_codes
 from common.device import autocast, resolve_device
-from common.nfm import NFM, scatter_codes
+from common.nfm import NFM
 
 
 class DenseNFM(nn.Module):
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device(args.device)
     torch.manual_seed(0)
 
-    # Our default regime on the device (SPEC §9): sparse fp32 on the CPU; bf16 autocast, both decodes, on CUDA.
+    # Our default regime on the device (METHOD §9): sparse fp32 on the CPU; bf16 autocast, both decodes, on CUDA.
     ours_modes = [("sparse", "fp32")] if device.type == "cpu" else [("sparse", "bf16"), ("dense", "bf16")]
     ours = NFM(args.num_features, args.d_model, args.embed_dim).to(device)
     dense = DenseNFM(args.num_features, args.d_model, args.embed_dim).to(device)

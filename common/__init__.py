@@ -1,1 +1,1 @@
-"""Shared building blocks of the feature-integration pipeline; numbered scripts only parse flags and call these."""
+"""The pipeline's shared pieces. "METHOD §N" in their docstrings and comments is section N of docs/METHOD.md."""

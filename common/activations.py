@@ -15,7 +15,7 @@ from common.checkpoint import atomic_save_json, atomic_save_safetensors
 from common.data import WindowedText, is_validation_window
 from common.errors import UserError
 from common.hooks import capture_layer
-from common.models import LoadedLM
+from common.lm import LoadedLM
 
 SHARD_WINDOWS = 64  # cache granularity: stages with different chunk sizes share one cache
 NORM_STATS_FILE = "norm_stats.safetensors"
@@ -29,14 +29,14 @@ class NormStats:
     std: Tensor  # (d,) fp32, clamped at 1e-8
 
     @classmethod
-    def compute(cls, rows: Tensor, num_rows: int = 10_000, seed: int = 0) -> "NormStats":
+    def compute(cls, rows: Tensor, num_rows: int = 10_000, seed: int = 0) -> NormStats:
         """From a random subset of ``num_rows`` rows, as the original's stage 1 did."""
         generator = torch.Generator().manual_seed(seed)
         pick = torch.randperm(rows.shape[0], generator=generator)[:num_rows]
         subset = rows[pick].float()
         return cls(subset.mean(0), subset.std(0).clamp_min(1e-8))
 
-    def to(self, device: torch.device) -> "NormStats":
+    def to(self, device: torch.device) -> NormStats:
         return NormStats(self.mean.to(device), self.std.to(device))
 
     def normalize(self, x: Tensor) -> Tensor:
@@ -49,7 +49,7 @@ class NormStats:
         atomic_save_safetensors({"mean": self.mean, "std": self.std}, path)
 
     @classmethod
-    def load(cls, path: Path) -> "NormStats":
+    def load(cls, path: Path) -> NormStats:
         if not Path(path).is_file():
             raise UserError(f"normalization stats not found: {path}")
         tensors = load_file(str(path))

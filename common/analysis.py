@@ -1,4 +1,4 @@
-"""What the decoder analyses share (SPEC §6, §7): loading a decoder with its provenance, the band of squared norms
+"""What the decoder analyses share (METHOD §6, §7): loading a decoder with its provenance, the band of squared norms
 that an untrained decoder column sits in, and the output folder with its ``results.json``."""
 from __future__ import annotations
 
@@ -11,12 +11,11 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from common.checkpoint import atomic_save_json, git_commit, load_json, stage_dir, weights_sha256
+from common.checkpoint import RESULTS_FILE, git_commit, load_json, weights_sha256
 from common.errors import UserError
-from common.loading import load_sae
+from common.loading import StageInput, load_sae
 from common.stage import check_output_dir
 
-RESULTS_FILE = "results.json"
 INIT_BAND_SIGMAS = 4.0
 NEAR_INIT_TOLERANCE = 0.25
 
@@ -28,9 +27,9 @@ class LoadedDecoder:
     source: dict[str, Any]
 
 
-def source_record(path: str | Path, flag: str, config: dict[str, Any]) -> dict[str, Any]:
+def source_record(source: StageInput) -> dict[str, Any]:
     """Where a decoder came from; ``weights_sha256`` lets a later analysis find this one's results again."""
-    folder = stage_dir(path, flag)
+    folder, config = source.folder, source.config
     return {
         "path": str(folder.resolve()),
         "stage": config["stage"],
@@ -45,8 +44,8 @@ def source_record(path: str | Path, flag: str, config: dict[str, Any]) -> dict[s
 
 def load_decoder(path: str | Path, flag: str, name: str) -> LoadedDecoder:
     """The decoder of a stage-1 SAE or of a joint model's SAE part."""
-    sae, _, config = load_sae(path, flag)
-    return LoadedDecoder(name, sae.W_dec.detach(), source_record(path, flag, config))
+    sae, _, source = load_sae(path, flag)
+    return LoadedDecoder(name, sae.W_dec.detach(), source_record(source))
 
 
 def initial_norm_band(d_model: int, num_features: int, sigmas: float = INIT_BAND_SIGMAS,
@@ -105,13 +104,6 @@ def check_analysis_output(path: str | Path, overwrite: bool, inputs: list[str | 
 
 def run_record(cfg: Any, analysis: str) -> dict[str, Any]:
     return {"analysis": analysis, "config": dataclasses.asdict(cfg), "git_commit": git_commit()}
-
-
-def write_results(out: Path, results: dict[str, Any]) -> Path:
-    """``results.json``, written last and atomically, so a half-finished analysis leaves none."""
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_save_json(results, out / RESULTS_FILE)
-    return out / RESULTS_FILE
 
 
 def read_results(folder: str | Path, flag: str, analysis: str) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Batches that are a pure function of the step, so a resumed run sees exactly what an uninterrupted one saw."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

@@ -1,21 +1,29 @@
-"""Which windows each streamed chunk holds (stages 2 and 5), from the window rule alone: the step plan needs no LM run."""
+"""Streamed training (stages 2 and 5): which windows each chunk holds, from the window rule alone (so the step plan
+needs no LM run), and the chunks' rows loaded when training reaches them."""
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from common.activations import ActivationStream
+from common.batches import ChunkedBatches
 from common.data import is_validation_window
 from common.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 def check_streaming_settings(cfg: Any) -> None:
     """The settings stages 2 and 5 share: chunks of whole windows, a positive NFM width, epochs and batch."""
     if cfg.chunk_tokens < cfg.window:
         raise UserError(f"--chunk_tokens {cfg.chunk_tokens} is less than one --window of {cfg.window} tokens")
-    if cfg.nfm_k < 1 or cfg.epochs_per_chunk < 1 or cfg.batch_size < 1:
-        raise UserError("--nfm_k, --epochs_per_chunk and --batch_size must be positive")
+    if cfg.nfm_embed_dim < 1 or cfg.epochs_per_chunk < 1 or cfg.batch_size < 1:
+        raise UserError("--nfm_embed_dim, --epochs_per_chunk and --batch_size must be positive")
 
 
 class ChunkPlan:
@@ -24,7 +32,7 @@ class ChunkPlan:
     An even split rather than fixed-size chunks plus a remainder: the original's 5M tokens made exactly 50 chunks of
     100k, while 39,062 windows of 128 tokens cut by 781 would leave a 51st chunk of 12 windows, trained on for as
     many epochs as a whole one. Only a chunk's training windows are trained on; its held-out windows belong to the
-    validation set (SPEC §0).
+    validation set (METHOD §0).
     """
 
     def __init__(self, stream: ActivationStream, num_tokens: int, chunk_tokens: int) -> None:
@@ -49,3 +57,35 @@ class ChunkPlan:
         if chunk >= self.num_chunks:
             return None
         return self.stream.train_rows(*self.windows(chunk))
+
+
+class StreamedChunks:
+    """Each chunk's training rows for ``ChunkedBatches``: harvested when training reaches the chunk (or taken from
+    ``prefetched``), checked against the plan, turned into the stage's tensors by ``convert(chunk, rows)``, timed."""
+
+    def __init__(self, plan: ChunkPlan, convert: Callable[[int, Tensor], tuple[Tensor, ...]],
+                 prefetched: dict[int, Tensor] | None = None) -> None:
+        self.plan, self.convert, self.prefetched = plan, convert, prefetched or {}
+        self.seconds = 0.0
+
+    def load(self, chunk: int) -> tuple[Tensor, ...] | None:
+        started = time.perf_counter()
+        rows = self.prefetched.pop(chunk, None)
+        rows = self.plan.train_rows(chunk) if rows is None else rows
+        if rows is None:
+            return None
+        if rows.shape[0] != self.plan.rows_in_chunk(chunk):
+            raise RuntimeError(f"chunk {chunk}: {rows.shape[0]} rows harvested, {self.plan.rows_in_chunk(chunk)} planned")
+        tensors = self.convert(chunk, rows)
+        self.seconds += time.perf_counter() - started
+        log.info("chunk %d/%d: %d training rows", chunk + 1, self.plan.num_chunks, rows.shape[0])
+        return tensors
+
+    def batches(self, cfg: Any, device: torch.device) -> ChunkedBatches:
+        return ChunkedBatches(self.load, self.plan.rows_in_chunk, self.plan.num_chunks, cfg.epochs_per_chunk,
+                              cfg.batch_size, cfg.seed, device)
+
+    def record(self, batches: ChunkedBatches) -> dict[str, int]:
+        plan = self.plan
+        return {"windows": plan.num_windows, "chunks": plan.num_chunks, "chunk_windows": plan.chunk_windows,
+                "steps_from_chunks": batches.total_steps}

@@ -1,17 +1,16 @@
-"""Text sources and 128-token windows (SPEC §0): the one place where a window is cut and a split is decided."""
+"""Text sources and 128-token windows (METHOD §0): the one place where a window is cut and a split is decided."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
 
 from common.errors import UserError
 from common.paths import WIKITEXT_FILES, shared_wikitext_dir
-
 
 HUB_DATASET = ("wikitext", "wikitext-103-raw-v1")
 VAL_EVERY = 10  # window i is held out when i % 10 == 9: 10% of windows, the same ones in every stage
@@ -70,7 +69,7 @@ def hub_wikitext(split: str) -> TextSource:
 
 
 def resolve_text(files: list[str] | None, preset: str, role: str) -> TextSource:
-    """Training (``role='train'``) or KL evaluation (``role='eval'``) text for a preset, in SPEC §0's order.
+    """Training (``role='train'``) or KL evaluation (``role='eval'``) text for a preset, in METHOD §0's order.
 
     ``paper``: the flag, else WikiText-103 train/test from the hub. ``cpu``/``tiny``: the flag, ``$WIKITEXT_DIR``,
     the shared copy beside the checkout, else the hub's validation/test splits (the same text).

@@ -1,8 +1,8 @@
-"""Per-device choices (SPEC §9): which decode path and which numerical regime run by default."""
+"""Per-device choices (METHOD §9): which decode path and which numerical regime run by default."""
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 

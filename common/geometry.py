@@ -1,4 +1,4 @@
-"""Decoder geometry (SPEC §6): norms, blocked Gram/cosine statistics and the two PCA definitions.
+"""Decoder geometry (METHOD §6): norms, blocked Gram/cosine statistics and the two PCA definitions.
 
 Decoders are (F, d) tensors whose ROW i is feature i's decoder vector (the paper's "column").
 """

@@ -1,4 +1,4 @@
-"""Read and write the residual stream at layer L = ``hidden_states[L]`` = the output of block ``L-1`` (SPEC §0).
+"""Read and write the residual stream at layer L = ``hidden_states[L]`` = the output of block ``L-1`` (METHOD §0).
 
 One definition serves capture and patching. Written for Llama-family decoders (``model.model.layers``,
 ``rotary_emb``, ``norm``, ``lm_head``) on unpadded windows of equal length, so no attention mask is ever needed.
@@ -6,7 +6,8 @@ One definition serves capture and patching. Written for Llama-family decoders (`
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -25,14 +26,14 @@ class _StopForward(Exception):
         self.hidden = hidden
 
 
-def check_layer(model: "PreTrainedModel", layer: int) -> None:
+def check_layer(model: PreTrainedModel, layer: int) -> None:
     """Refuse a layer outside 1..num_layers-1: ``hidden_states[num_layers]`` is after the final norm in HF, not the residual stream."""
     n = model.config.num_hidden_layers
     if isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= n - 1:
         raise UserError(f"layer must be an integer from 1 to {n - 1} for this {n}-block model, got {layer!r}")
 
 
-def capture_layer(model: "PreTrainedModel", input_ids: Tensor, layer: int) -> Tensor:
+def capture_layer(model: PreTrainedModel, input_ids: Tensor, layer: int) -> Tensor:
     """The layer-L residual (B, T, d), running only blocks 0..L-1."""
     check_layer(model, layer)
 
@@ -51,7 +52,7 @@ def capture_layer(model: "PreTrainedModel", input_ids: Tensor, layer: int) -> Te
     raise RuntimeError(f"block {layer - 1} never ran during the forward pass")
 
 
-def capture_layer_and_logits(model: "PreTrainedModel", input_ids: Tensor, layer: int) -> tuple[Tensor, Tensor]:
+def capture_layer_and_logits(model: PreTrainedModel, input_ids: Tensor, layer: int) -> tuple[Tensor, Tensor]:
     """One full forward: the layer-L residual (B, T, d) and the final logits (B, T, V)."""
     check_layer(model, layer)
     captured: list[Tensor] = []
@@ -68,7 +69,7 @@ def capture_layer_and_logits(model: "PreTrainedModel", input_ids: Tensor, layer:
     return captured[0], logits
 
 
-def run_from_layer(model: "PreTrainedModel", hidden: Tensor, layer: int) -> Tensor:
+def run_from_layer(model: PreTrainedModel, hidden: Tensor, layer: int) -> Tensor:
     """Logits (B, T, V) from a layer-L residual: blocks L.., final norm, LM head, in the model's dtype."""
     check_layer(model, layer)
     decoder = model.model
@@ -84,7 +85,7 @@ def run_from_layer(model: "PreTrainedModel", hidden: Tensor, layer: int) -> Tens
 
 
 @contextlib.contextmanager
-def patch_layer(model: "PreTrainedModel", layer: int, replace: Callable[[Tensor], Tensor]) -> Iterator[None]:
+def patch_layer(model: PreTrainedModel, layer: int, replace: Callable[[Tensor], Tensor]) -> Iterator[None]:
     """While active, every forward replaces the layer-L residual ``h`` by ``replace(h)`` (cast back to the model's dtype)."""
     check_layer(model, layer)
 
@@ -110,7 +111,7 @@ def _residual(output: Any) -> Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
-def _causal_mask(model: "PreTrainedModel", hidden: Tensor) -> Tensor | None:
+def _causal_mask(model: PreTrainedModel, hidden: Tensor) -> Tensor | None:
     """The mask the full forward would use for an unpadded batch.
 
     SDPA turns ``attention_mask=None`` into ``is_causal=True`` whenever T > 1 (read in transformers 5.17 and 5.24), and

@@ -1,18 +1,29 @@
-"""The joint model of stage 5 (SPEC §5): one SAE feeding one NFM, reconstruction = SAE + NFM linear + interaction.
+"""The joint model of stage 5 (METHOD §5): one SAE feeding one NFM, reconstruction = SAE + NFM linear + interaction.
 
-Its parts are the stage-1 and stage-2 modules themselves, so the decode paths are theirs (SPEC §9): on the CPU the
+Its parts are the stage-1 and stage-2 modules themselves, so the decode paths are theirs (METHOD §9): on the CPU the
 K active decoder rows and the top-N linear rows are gathered, on CUDA dense matmuls run under bf16 autocast.
 ``joint_reference`` is the plain dense fp32 formula every path is tested against.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
-import torch
 from torch import Tensor, nn
 
-from common.nfm import NFM, nfm_reference, select_top_n
-from common.sae import TopKSAE, sae_reference
+from common.checkpoint import SavesItself
+from common.codes import select_top_n
+from common.nfm import NFM, NFMShape, nfm_reference
+from common.sae import SAEShape, TopKSAE, dense_codes, sae_reference
+
+
+@dataclass(frozen=True)
+class JointShape:
+    """The joint model's two parts and how many of the SAE's codes feed the NFM (saved under ``model``)."""
+
+    sae: SAEShape
+    nfm: NFMShape
+    top_n: int
 
 
 class JointOutput(NamedTuple):
@@ -24,8 +35,14 @@ class JointOutput(NamedTuple):
     top_indices: Tensor  # (B, K)
 
 
-class JointSAENFM(nn.Module):
-    """A stage-1-shaped SAE and a stage-2-shaped NFM fed the top ``top_n`` of the SAE's K codes, trained together."""
+class JointSAENFM(SavesItself, nn.Module):
+    """A stage-1-shaped SAE and a stage-2-shaped NFM fed the top ``top_n`` of the SAE's K codes, trained together.
+
+    Its weights are the two parts' under ``sae.`` and ``nfm.``, so ``TopKSAE.load(folder, part="sae")`` reads the SAE
+    part alone wherever a stage-1 directory is accepted.
+    """
+
+    Shape = JointShape
 
     def __init__(self, d_model: int, num_features: int, k: int, embed_dim: int, top_n: int,
                  dropout: float = 0.15, tied: bool = True) -> None:
@@ -33,6 +50,22 @@ class JointSAENFM(nn.Module):
         self.sae = TopKSAE(d_model, num_features, k, tied)
         self.nfm = NFM(num_features, d_model, embed_dim, dropout)
         self.top_n = top_n
+
+    @property
+    def shape(self) -> JointShape:
+        return JointShape(self.sae.shape, self.nfm.shape, self.top_n)
+
+    @classmethod
+    def from_shape(cls, shape: JointShape) -> JointSAENFM:
+        sae, nfm = shape.sae, shape.nfm
+        return cls(sae.d_model, sae.num_features, sae.k, nfm.embed_dim, shape.top_n, nfm.dropout, sae.tied)
+
+    def record(self) -> dict[str, Any]:
+        return {"class": type(self).__name__, "top_n": self.top_n, "sae": self.sae.record(), "nfm": self.nfm.record()}
+
+    @classmethod
+    def shape_from_record(cls, record: dict[str, Any]) -> JointShape:
+        return JointShape(TopKSAE.shape_from_record(record["sae"]), NFM.shape_from_record(record["nfm"]), record["top_n"])
 
     def forward(self, x: Tensor, decode: str = "sparse", k: int | None = None, top_n: int | None = None,
                 pooling: str = "bi") -> JointOutput:
@@ -44,13 +77,6 @@ class JointSAENFM(nn.Module):
         return JointOutput(recon, sae_recon, nfm_out.linear, nfm_out.interaction, top_acts, top_indices)
 
 
-def dense_top_codes(sae: TopKSAE, x: Tensor, n: int) -> Tensor:
-    """(B, F) fp32 codes keeping the ``n`` largest ReLU pre-activations per row, zero elsewhere, written densely."""
-    pre_acts = torch.relu(x.float() @ sae.encoder_weight.float().t() + sae.b_enc.float())
-    nth_value = pre_acts.topk(n, dim=-1).values[:, -1:]
-    return torch.where(pre_acts >= nth_value, pre_acts, torch.zeros_like(pre_acts))
-
-
 def joint_reference(joint: JointSAENFM, x: Tensor) -> JointOutput:
     """The joint formula written out densely in fp32 from ``sae_reference`` and ``nfm_reference`` (gradients flow).
 
@@ -58,8 +84,8 @@ def joint_reference(joint: JointSAENFM, x: Tensor) -> JointOutput:
     module, so a train-mode call under the same RNG state draws the same mask as ``joint.forward``.
     """
     sae_recon = sae_reference(joint.sae, x)
-    nfm_out = nfm_reference(joint.nfm, dense_top_codes(joint.sae, x, min(joint.top_n, joint.sae.k)))
-    top_acts, top_indices = dense_top_codes(joint.sae, x, joint.sae.k).topk(joint.sae.k, dim=-1)
+    nfm_out = nfm_reference(joint.nfm, dense_codes(joint.sae, x, min(joint.top_n, joint.sae.k)))
+    top_acts, top_indices = dense_codes(joint.sae, x, joint.sae.k).topk(joint.sae.k, dim=-1)
     recon = sae_recon + nfm_out.linear + nfm_out.interaction
     return JointOutput(recon, sae_recon, nfm_out.linear, nfm_out.interaction, top_acts, top_indices)
 

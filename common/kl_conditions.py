@@ -1,4 +1,4 @@
-"""What the KL tests patch in (SPEC §4, §8): each condition's reconstruction of the raw residual.
+"""What the KL tests patch in (METHOD §4, §8): each condition's reconstruction of the raw residual.
 
 By default every model runs as it was trained: z-scored input, the inference K and top-N it trained with, the
 bi-interaction, de-normalized output. ``original_settings`` reproduces the original's evaluation: raw activations,
@@ -13,8 +13,9 @@ import torch
 from torch import Tensor
 
 from common.activations import NormStats
+from common.codes import select_top_n
 from common.joint import JointSAENFM
-from common.nfm import NFM, select_top_n
+from common.nfm import NFM
 from common.patching import Reconstruct
 from common.sae import TopKSAE
 

@@ -1,12 +1,13 @@
-"""From the KL evaluator's per-batch parts to the stage's outputs (SPEC §4, §8): one per-position ``.npz``, the
+"""From the KL evaluator's per-batch parts to the stage's outputs (METHOD §4, §8): one per-position ``.npz``, the
 figures of ``results.json`` (means, ratios against the ε-random baselines, reductions against the reference, t-tests),
 the PNGs and the short table on stdout. Columns are read one or two at a time, so memory does not grow with the
 number of conditions.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 

@@ -1,28 +1,28 @@
-"""What part14 and part18 share around their conditions (SPEC §4, §8): checks, the output directory, the evaluation
+"""What part14 and part18 share around their conditions (METHOD §4, §8): checks, the output directory, the evaluation
 loop with resume, and the outputs (``per_position.npz``, ``results.json``, PNGs, the table)."""
 from __future__ import annotations
 
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from common.activations import NormStats
-from common.checkpoint import atomic_save_json
+from common.checkpoint import write_results
 from common.device import autocast
 from common.errors import UserError
 from common.kl_conditions import EvalSettings
 from common.kl_report import PER_POSITION_FILE, format_table, merge_parts, plot_results, summarize
-from common.loading import require_same_lm
+from common.loading import StageInput, require_same_lm
 from common.patching import PatchingEvaluator, Reconstruct, evaluate_windows
 from common.stage import check_output_dir, model_record, open_lm, open_stream, runtime, start_output_dir
 
 log = logging.getLogger(__name__)
-RESULTS_FILE = "results.json"
 
 
 @dataclass
@@ -30,7 +30,7 @@ class KLStage:
     """One KL test: its loaded models (CPU, fp32), how they reconstruct, and how its results are named."""
 
     stage: str  # "kl14" | "kl18"
-    checkpoints: dict[str, dict[str, Any]]  # flag and path -> that checkpoint's config.json, for the provenance check
+    inputs: list[StageInput]  # the checkpoints evaluated, each checked against the LM
     modules: list[nn.Module]
     norm: NormStats
     conditions: Callable[[NormStats, str], Reconstruct]  # (stats, decode path) -> reconstruct, all on the device
@@ -56,8 +56,8 @@ def run_kl_stage(cfg: Any, kl: KLStage) -> dict[str, Any]:
     rt = runtime(cfg)
     lm = open_lm(cfg, rt.device)
     record = model_record(lm, cfg.layer)
-    for what, config in kl.checkpoints.items():
-        require_same_lm(what, config, record)
+    for source in kl.inputs:
+        require_same_lm(source, record)
     patch_layer = cfg.layer + kl.settings.layer_offset
     if patch_layer > lm.num_layers - 1:
         raise UserError(f"--original_eval patches one block later, at layer {patch_layer}, but this {lm.num_layers}-block "
@@ -99,7 +99,7 @@ def run_kl_stage(cfg: Any, kl: KLStage) -> dict[str, Any]:
                **summarize(store, kl.labels, kl.reference, cfg.num_epsilon_samples)}
     mode = "the original's evaluation (--original_eval)" if cfg.original_eval else "as trained"
     plot_results(store, kl.labels, out, f"{kl.title}, {mode}")
-    atomic_save_json(results, out / RESULTS_FILE)
+    write_results(out, results)
     print(format_table(results, f"{kl.title}, {mode}: {describe_settings(kl.settings, patch_layer)}", kl.paper))
     print(f"-> {out}")
     return results

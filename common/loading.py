@@ -1,57 +1,91 @@
-"""Loading a finished stage's modules from its directory, with the shape and provenance checks of SPEC §0."""
+"""Earlier stages' directories as inputs: their models loaded through the model classes, with the shape and
+provenance checks of METHOD §0 (model id, fingerprint, layer, width; the SAE an NFM was trained on)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from torch import nn
+import torch
 
-from common.activations import NormStats
-from common.checkpoint import load_weights, read_stage, require_match
+from common.activations import NORM_STATS_FILE, NormStats
+from common.checkpoint import METRICS_FILE, load_json, read_stage, require_match, weights_sha256
 from common.errors import UserError
 from common.joint import JointSAENFM
 from common.nfm import NFM
 from common.sae import TopKSAE
-from common.stage import load_norm_stats
 
 SAE_STAGES = ("sae1", "joint")  # a joint directory's SAE part loads wherever a stage-1 directory is accepted
 PROVENANCE_KEYS = ("model_id", "model_fingerprint", "layer", "d_model")
 
 
-def load_sae(path: str | Path, flag: str = "--sae1_model_path") -> tuple[TopKSAE, NormStats, dict[str, Any]]:
-    """The SAE of a stage-1 or joint directory (fp32, CPU), its normalization stats and its config."""
-    folder, config = read_stage(path, flag, SAE_STAGES)
-    cfg = config["config"]
-    sae = TopKSAE(config["d_model"], cfg["features"], cfg["k"], cfg["tied"])
-    weights = load_weights(folder, "sae." if config["stage"] == "joint" else "")
-    _load_strict(sae, weights, flag, path)
-    return sae, load_norm_stats(folder), config
+@dataclass
+class StageInput:
+    """A finished stage directory given on the command line: the flag and path it came from, and its config."""
+
+    flag: str
+    path: str
+    folder: Path
+    config: dict[str, Any]
+
+    @property
+    def what(self) -> str:
+        return f"{self.flag} {self.path}"
+
+    def record(self) -> dict[str, str]:
+        """What a later stage records of this input: where it was, and the sha256 of its weights."""
+        return {"path": str(self.path), "weights_sha256": weights_sha256(self.folder)}
+
+    def norm_stats(self) -> NormStats:
+        return NormStats.load(self.folder / self.config.get("norm_stats_file", NORM_STATS_FILE))
+
+    def metrics(self) -> dict[str, Any]:
+        return load_json(self.folder / METRICS_FILE)
 
 
-def require_same_lm(what: str, config: dict[str, Any], record: dict[str, Any]) -> None:
+def open_input(path: str | Path, flag: str, stages: tuple[str, ...]) -> StageInput:
+    folder, config = read_stage(path, flag, stages)
+    return StageInput(flag, str(path), folder, config)
+
+
+def load_sae(path: str | Path, flag: str = "--sae1_model_path") -> tuple[TopKSAE, NormStats, StageInput]:
+    """The SAE of a stage-1 or joint directory (fp32, CPU), its normalization stats and where it came from."""
+    source = open_input(path, flag, SAE_STAGES)
+    sae = TopKSAE.load(source.folder, part="sae" if source.config["stage"] == "joint" else "")
+    return sae, source.norm_stats(), source
+
+
+def load_nfm(path: str | Path, flag: str = "--nfm_model_path") -> tuple[NFM, StageInput]:
+    """The stage-2 NFM (fp32, CPU) and where it came from (its config records the SAE's inference K and top-N)."""
+    source = open_input(path, flag, ("nfm",))
+    return NFM.load(source.folder), source
+
+
+def load_joint(path: str | Path, flag: str = "--joint_model_path") -> tuple[JointSAENFM, NormStats, StageInput]:
+    """The stage-5 joint model (fp32, CPU), its normalization stats and where it came from."""
+    source = open_input(path, flag, ("joint",))
+    return JointSAENFM.load(source.folder), source.norm_stats(), source
+
+
+def require_same_lm(source: StageInput, record: dict[str, Any]) -> None:
     """Refuse a checkpoint trained on another model, layer or width than the one loaded now."""
-    require_match(what, record, config, PROVENANCE_KEYS)
+    require_match(source.what, record, source.config, PROVENANCE_KEYS)
 
 
-def load_nfm(path: str | Path, flag: str = "--nfm_model_path") -> tuple[NFM, dict[str, Any]]:
-    """The stage-2 NFM (fp32, CPU) and its config (which records the SAE's inference K and top-N it was fed)."""
-    folder, config = read_stage(path, flag, ("nfm",))
-    cfg = config["config"]
-    nfm = NFM(config["num_features"], config["d_model"], cfg["nfm_k"], cfg["dropout"])
-    _load_strict(nfm, load_weights(folder), flag, path)
-    return nfm, config
-
-
-def load_joint(path: str | Path, flag: str = "--joint_model_path") -> tuple[JointSAENFM, NormStats, dict[str, Any]]:
-    """The stage-5 joint model (fp32, CPU), its normalization stats and its config."""
-    folder, config = read_stage(path, flag, ("joint",))
-    cfg = config["config"]
-    joint = JointSAENFM(config["d_model"], cfg["features"], cfg["k"], cfg["nfm_k"], cfg["top_n_features"], cfg["dropout"], cfg["tied"])
-    _load_strict(joint, load_weights(folder), flag, path)
-    return joint, load_norm_stats(folder), config
-
-
-def _load_strict(module: nn.Module, weights: dict, flag: str, path: str | Path) -> None:
-    missing, unexpected = module.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise UserError(f"{flag} {path}: weights do not match its config (missing {missing}, unexpected {unexpected})")
+def check_nfm_on_sae(nfm: StageInput, sae: TopKSAE, sae_source: StageInput, sae_norm: NormStats) -> None:
+    """The NFM must have been trained on this very SAE: same F, LM, layer and width, a K within the SAE's, the same
+    weights (by the sha256 the NFM recorded) and the same normalization statistics."""
+    if nfm.config["num_features"] != sae.num_features:
+        raise UserError(f"{nfm.what}: the NFM takes F={nfm.config['num_features']} features but the SAE of "
+                        f"{sae_source.what} has F={sae.num_features}")
+    require_match(f"{nfm.what} against {sae_source.flag}", sae_source.config, nfm.config, PROVENANCE_KEYS)
+    if not 1 <= nfm.config["sae_k"] <= sae.k:
+        raise UserError(f"{nfm.what} was fed the SAE at K={nfm.config['sae_k']}, outside 1..{sae.k} of "
+                        f"{sae_source.what}")
+    recorded = nfm.config.get("sae1", {}).get("weights_sha256")
+    if recorded is not None and recorded != weights_sha256(sae_source.folder):
+        raise UserError(f"{nfm.what} was trained on another stage-1 SAE than {sae_source.what} "
+                        "(its weights fingerprint differs)")
+    nfm_norm = nfm.norm_stats()
+    if not (torch.equal(nfm_norm.mean, sae_norm.mean) and torch.equal(nfm_norm.std, sae_norm.std)):
+        raise UserError(f"{nfm.what} was trained with other normalization statistics than {sae_source.what}")

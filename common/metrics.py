@@ -1,4 +1,4 @@
-"""Reconstruction metrics accumulated over a whole evaluation set (never averaged per batch: SPEC §1)."""
+"""Reconstruction metrics accumulated over a whole evaluation set (never averaged per batch: METHOD §1)."""
 from __future__ import annotations
 
 import torch

@@ -1,22 +1,36 @@
-"""Neural Factorization Machine over a TopK SAE's codes (SPEC §2): a linear term plus an MLP on the bi-interaction.
+"""Neural Factorization Machine over a TopK SAE's codes (METHOD §2): a linear term plus an MLP on the bi-interaction.
 
 The codes arrive as the SAE gives them, ``top_acts`` / ``top_indices`` of shape (B, N). Two decode paths compute
-the same function (SPEC §9): ``sparse`` gathers the N active rows (fastest on the CPU), ``dense`` scatters the codes
+the same function (METHOD §9): ``sparse`` gathers the N active rows (fastest on the CPU), ``dense`` scatters the codes
 into (B, F) and runs matmuls (fastest on a GPU under bf16 autocast). Neither ever builds the original's (B, F, k)
 tensor. ``nfm_reference`` is the plain dense formula the tests hold both paths to.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from common.checkpoint import SavesItself
+from common.codes import scatter_codes, weighted_row_sum
+
 DECODES = ("sparse", "dense")
 # "sum" pools Σ_i f_i v_i instead of the bi-interaction: the original's evaluation script (part14c) did that to a
-# model trained with "bi"; only --original_eval asks for it (SPEC §4).
+# model trained with "bi"; only --original_eval asks for it (METHOD §4).
 POOLINGS = ("bi", "sum")
+
+
+@dataclass(frozen=True)
+class NFMShape:
+    """What an NFM is, apart from its weights (saved under ``model`` in its ``config.json``)."""
+
+    num_features: int
+    d_model: int
+    embed_dim: int = 300
+    dropout: float = 0.15
 
 
 class NFMOutput(NamedTuple):
@@ -25,30 +39,15 @@ class NFMOutput(NamedTuple):
     interaction: Tensor  # (B, d)
 
 
-def select_top_n(top_acts: Tensor, top_indices: Tensor, n: int | None) -> tuple[Tensor, Tensor]:
-    """Keep the ``n`` largest of the K codes per row; ``None`` or ``n >= K`` keeps them all (no copy)."""
-    if n is None or n >= top_acts.shape[-1]:
-        return top_acts, top_indices
-    if n < 1:
-        raise ValueError(f"top-n must be at least 1, got {n}")
-    # topk again rather than slicing: callers need not hand over codes sorted by value.
-    kept_acts, positions = top_acts.topk(n, dim=-1)  # (B, n)
-    return kept_acts, top_indices.gather(-1, positions)
-
-
-def scatter_codes(top_acts: Tensor, top_indices: Tensor, num_features: int) -> Tensor:
-    """(B, N) codes -> the dense (B, F) feature matrix, zero off the active set."""
-    latent_acts = top_acts.new_zeros(*top_acts.shape[:-1], num_features)
-    return latent_acts.scatter(-1, top_indices, top_acts)
-
-
 def bi_interaction(pooled: Tensor, pooled_sq: Tensor) -> Tensor:
     """0.5 * ((Σ f_i v_i)² − Σ (f_i v_i)²) = Σ_{i<j} (f_i v_i) ⊙ (f_j v_j), from its two sums."""
     return 0.5 * (pooled.square() - pooled_sq)
 
 
-class NFM(nn.Module):
+class NFM(SavesItself, nn.Module):
     """``linear(f) + mlp(h(f))`` with ``h`` the bi-interaction of the active features' embeddings."""
+
+    Shape = NFMShape
 
     def __init__(self, num_features: int, d_model: int, embed_dim: int = 300, dropout: float = 0.15) -> None:
         super().__init__()
@@ -66,6 +65,14 @@ class NFM(nn.Module):
             nn.Linear(embed_dim, d_model),
         )
         self.reset_parameters()
+
+    @property
+    def shape(self) -> NFMShape:
+        return NFMShape(self.num_features, self.d_model, self.embed_dim, self.mlp[0].p)
+
+    @classmethod
+    def from_shape(cls, shape: NFMShape) -> NFM:
+        return cls(shape.num_features, shape.d_model, shape.embed_dim, shape.dropout)
 
     def reset_parameters(self) -> None:
         """The original's init: embeddings N(0, 0.05), every weight N(0, 0.01), biases 0."""
@@ -88,7 +95,7 @@ class NFM(nn.Module):
         return NFMOutput(linear + interaction, linear, interaction)
 
     def interaction_hidden(self, top_acts: Tensor, top_indices: Tensor, decode: str = "sparse") -> Tensor:
-        """``Linear1(Dropout(h))`` before the ReLU, (B, k): the secondary SAE's input (SPEC §3)."""
+        """``Linear1(Dropout(h))`` before the ReLU, (B, k): the secondary SAE's input (METHOD §3)."""
         acts, latent_acts = self._prepare(top_acts, top_indices, decode, "bi")
         h = self._pool(acts, top_indices, latent_acts, "bi")
         return self.mlp[1](self.mlp[0](h)).to(self.linear_weight.dtype)
@@ -111,7 +118,7 @@ class NFM(nn.Module):
     def _linear_term(self, acts: Tensor, top_indices: Tensor, latent_acts: Tensor | None) -> Tensor:
         if latent_acts is not None:
             return latent_acts @ self.linear_weight + self.linear_bias  # (B, d); bf16 under autocast
-        return weighted_bag(top_indices, self.linear_weight, acts) + self.linear_bias
+        return weighted_row_sum(acts, top_indices, self.linear_weight) + self.linear_bias
 
     def _pool(self, acts: Tensor, top_indices: Tensor, latent_acts: Tensor | None, pooling: str) -> Tensor:
         """The MLP's input ``h`` (B, k)."""
@@ -121,16 +128,8 @@ class NFM(nn.Module):
                 return pooled
             return bi_interaction(pooled, latent_acts.square() @ self.embeddings.square())
         if pooling == "sum":
-            return weighted_bag(top_indices, self.embeddings, acts)
+            return weighted_row_sum(acts, top_indices, self.embeddings)
         return SparseBiInteraction.apply(acts, top_indices, self.embeddings)
-
-
-def weighted_bag(top_indices: Tensor, weight: Tensor, acts: Tensor) -> Tensor:
-    """Σ_i acts_i · weight[top_indices_i] per row, (B, N) -> (B, weight's width), never densifying the codes."""
-    # CUDA has no bf16 backward for embedding_bag with per_sample_weights: the bag runs in the parameter dtype
-    # (acts arrive cast to it), with autocast switched off so that no autocast policy can lower it.
-    with torch.autocast(acts.device.type, enabled=False):
-        return F.embedding_bag(top_indices, weight, per_sample_weights=acts, mode="sum")
 
 
 class SparseBiInteraction(torch.autograd.Function):

@@ -1,4 +1,4 @@
-"""The KL / cross-entropy patching evaluator of SPEC §4 and §8, shared by part14 and part18.
+"""The KL / cross-entropy patching evaluator of METHOD §4 and §8, shared by part14 and part18.
 
 For a batch of unpadded windows: run the blocks before the patch layer once and keep that residual, get the clean
 logits from the later blocks, then for every patch replace the residual and run only the later blocks again. A patch
@@ -8,9 +8,10 @@ token); both live in raw activation space, where the LM reads them. ``shared_pre
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -71,7 +72,7 @@ class PatchingEvaluator:
     against it too. ``first_position`` 1 leaves position 0 (BOS) unpatched and out of the statistics.
     """
 
-    model: "PreTrainedModel"
+    model: PreTrainedModel
     layer: int
     reconstruct: Reconstruct
     reference: str

@@ -1,11 +1,12 @@
 """REPORT.md and report.json: every headline number of the paper beside this run's, read from the stage outputs, and
-whether the paper's qualitative claim holds here under a written rule (SPEC's headline numbers, issue 14)."""
+whether the paper's qualitative claim holds here under a written rule (METHOD's headline numbers)."""
 from __future__ import annotations
 
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -226,7 +227,7 @@ def _markdown(header: dict, table: list[dict], out_dir: Path) -> str:
             value = ", ".join(f"{k} {v:.0f} s" for k, v in value.items()) + f" (total {total / 60:.1f} min)"
         lines.append(f"- **{key.replace('_', ' ')}**: {value}")
     lines += ["", "Values are read from each stage's output file (`source`); fractions are shown as percents.",
-              "\"this run\" evaluates every model as it was trained; \"original eval\" is `--original_eval` (SPEC §4).",
+              "\"this run\" evaluates every model as it was trained; \"original eval\" is `--original_eval` (METHOD §4).",
               "\"holds\" applies the written rule to this run's value (and to the original evaluation where there is one).", ""]
     section = None
     for row in table:

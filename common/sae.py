@@ -1,14 +1,27 @@
-"""The TopK sparse autoencoder (SPEC §1) with a gather decode for the CPU and a dense decode for CUDA (SPEC §9)."""
+"""The TopK sparse autoencoder (METHOD §1) with a gather decode for the CPU and a dense decode for CUDA (METHOD §9)."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from common.checkpoint import SavesItself
+from common.codes import keep_top_n_dense, scatter_codes, weighted_row_sum
 from common.errors import UserError
+
+
+@dataclass(frozen=True)
+class SAEShape:
+    """What a TopK SAE is, apart from its weights (saved under ``model`` in its ``config.json``)."""
+
+    d_model: int
+    num_features: int
+    k: int
+    tied: bool = True
 
 
 class SAEOutput(NamedTuple):
@@ -25,27 +38,14 @@ def check_sae_shape(d_model: int, num_features: int, k: int) -> None:
         raise UserError(f"K={k} must be between 1 and the number of features F={num_features}")
 
 
-def sparse_decode(top_acts: Tensor, top_indices: Tensor, rows: Tensor) -> Tensor:
-    """``Σ_i acts_i · rows[idx_i]`` by embedding-bag, in the weights' dtype.
-
-    Autocast is switched off because CUDA has no bf16 backward for ``embedding_bag`` with per-sample weights.
-    """
-    with torch.autocast(device_type=rows.device.type, enabled=False):
-        return F.embedding_bag(top_indices, rows, per_sample_weights=top_acts.to(rows.dtype), mode="sum")
-
-
-def scatter_codes(top_acts: Tensor, top_indices: Tensor, num_features: int) -> Tensor:
-    """The dense (B, F) code matrix that the sparse codes stand for."""
-    latent_acts = top_acts.new_zeros(top_acts.shape[0], num_features)
-    return latent_acts.scatter_(1, top_indices, top_acts)
-
-
-class TopKSAE(nn.Module):
+class TopKSAE(SavesItself, nn.Module):
     """``encoder = Linear(d, F) + ReLU``, keep the top K per row, ``decoder = Linear(F, d, bias=False)``.
 
     ``W_dec`` is stored (F, d), rows = features, so a gather reads contiguous rows. Tied (the default, as the
     original's shared storage made it) means the encoder weight *is* ``W_dec``: one parameter, one Adam update.
     """
+
+    Shape = SAEShape
 
     def __init__(self, d_model: int, num_features: int, k: int, tied: bool = True) -> None:
         super().__init__()
@@ -57,6 +57,14 @@ class TopKSAE(nn.Module):
         self.W_dec = nn.Parameter(decoder_weight.t().contiguous())
         self.b_enc = nn.Parameter(torch.zeros(num_features))
         self.W_enc = None if tied else nn.Parameter(self.W_dec.detach().clone())
+
+    @property
+    def shape(self) -> SAEShape:
+        return SAEShape(self.d_model, self.num_features, self.k, self.tied)
+
+    @classmethod
+    def from_shape(cls, shape: SAEShape) -> TopKSAE:
+        return cls(shape.d_model, shape.num_features, shape.k, shape.tied)
 
     @property
     def encoder_weight(self) -> Tensor:
@@ -72,7 +80,7 @@ class TopKSAE(nn.Module):
 
     def decode(self, top_acts: Tensor, top_indices: Tensor, mode: str = "sparse") -> Tensor:
         if mode == "sparse":
-            return sparse_decode(top_acts, top_indices, self.W_dec)
+            return weighted_row_sum(top_acts, top_indices, self.W_dec)
         return scatter_codes(top_acts, top_indices, self.num_features) @ self.W_dec
 
     def forward(self, x: Tensor, k: int | None = None, decode: str = "sparse") -> SAEOutput:
@@ -85,7 +93,7 @@ class TopKSAE(nn.Module):
 
 
 def bag_weight_grad(top_indices: Tensor, weight: Tensor, per_sample_weights: Tensor, grad_out: Tensor) -> Tensor:
-    """Gradient of ``sparse_decode`` with respect to its rows: ``Σ_k per_sample_weights[b, k] · grad_out[b]`` added
+    """Gradient of ``weighted_row_sum`` with respect to its rows: ``Σ_k per_sample_weights[b, k] · grad_out[b]`` added
     into row ``top_indices[b, k]``, through embedding-bag's own backward (sorted, parallel, one F × d buffer)."""
     with torch.enable_grad():
         rows = weight.detach().requires_grad_()
@@ -107,7 +115,7 @@ class SparseTopKSAE(torch.autograd.Function):
     def forward(ctx, x: Tensor, encoder_weight: Tensor, b_enc: Tensor, decoder_weight: Tensor, k: int):
         pre_acts = F.relu(F.linear(x, encoder_weight, b_enc))  # (B, F)
         top_acts, top_indices = pre_acts.topk(k, dim=-1, sorted=True)
-        recon = sparse_decode(top_acts, top_indices, decoder_weight)
+        recon = weighted_row_sum(top_acts, top_indices, decoder_weight)
         ctx.tied = encoder_weight is decoder_weight
         ctx.save_for_backward(x, encoder_weight, decoder_weight, top_acts, top_indices)
         ctx.mark_non_differentiable(top_indices)
@@ -126,7 +134,7 @@ class SparseTopKSAE(torch.autograd.Function):
             grad_pre = (grad_acts.to(dtype) + decoder_dots) * (acts > 0)  # ReLU passes only positive codes
             grad_x = grad_encoder = grad_bias = grad_decoder = None
             if ctx.needs_input_grad[0]:
-                grad_x = sparse_decode(grad_pre, top_indices, encoder_weight).to(x.dtype)
+                grad_x = weighted_row_sum(grad_pre, top_indices, encoder_weight).to(x.dtype)
             if ctx.tied and (ctx.needs_input_grad[1] or ctx.needs_input_grad[3]):
                 both = torch.cat([top_indices, top_indices])  # (2B, K): decoder bags, then encoder bags
                 grad_decoder = bag_weight_grad(both, decoder_weight, torch.cat([acts, grad_pre]),
@@ -142,10 +150,12 @@ class SparseTopKSAE(torch.autograd.Function):
         return grad_x, grad_encoder, grad_bias, grad_decoder, None
 
 
+def dense_codes(sae: TopKSAE, x: Tensor, n: int) -> Tensor:
+    """(B, F) fp32 codes keeping the ``n`` largest ReLU pre-activations per row, zero elsewhere, written densely."""
+    pre_acts = torch.relu(x.float() @ sae.encoder_weight.float().t() + sae.b_enc.float())
+    return keep_top_n_dense(pre_acts, n)
+
+
 def sae_reference(sae: TopKSAE, x: Tensor, k: int | None = None) -> Tensor:
     """Plain dense fp32 reconstruction that every fast path is tested against."""
-    k = sae.k if k is None else k
-    pre_acts = torch.relu(x.float() @ sae.encoder_weight.float().t() + sae.b_enc.float())
-    kth_value = pre_acts.topk(k, dim=-1).values[:, -1:]
-    latent_acts = torch.where(pre_acts >= kth_value, pre_acts, torch.zeros_like(pre_acts))
-    return latent_acts @ sae.W_dec.float()
+    return dense_codes(sae, x, sae.k if k is None else k) @ sae.W_dec.float()

@@ -11,13 +11,13 @@ from typing import Any
 
 import torch
 
-from common.activations import NORM_STATS_FILE, ActivationStream, NormStats
-from common.checkpoint import CONFIG_FILE, FORMAT_VERSION, METRICS_FILE, atomic_save_json, git_commit, load_json
+from common.activations import NORM_STATS_FILE, ActivationStream
+from common.checkpoint import CONFIG_FILE, FORMAT_VERSION, git_commit, load_json, upgrade_config, write_config
 from common.data import WindowedText, resolve_text
 from common.device import resolve_decode, resolve_device, resolve_precision
 from common.errors import UserError
 from common.hooks import check_layer
-from common.models import LoadedLM, load_lm
+from common.lm import LoadedLM, load_lm
 
 log = logging.getLogger(__name__)
 
@@ -87,30 +87,19 @@ def start_output_dir(out: Path, cfg: Any, record: dict[str, Any], stage: str, ex
         **(extra or {}),
     }
     if getattr(cfg, "resume", False) and (out / CONFIG_FILE).is_file():
-        previous = load_json(out / CONFIG_FILE)
+        previous = upgrade_config(load_json(out / CONFIG_FILE))
         changed = sorted(
             key for key in set(previous["config"]) | set(config["config"])
             if key not in RESUMABLE_CHANGES and previous["config"].get(key) != config["config"].get(key)
         )
         if changed or previous.get("model_fingerprint") != config["model_fingerprint"]:
-            raise UserError(f"--resume: {out} was started with other settings ({', '.join(changed) or 'model'}); use a new --checkpoint_dir")
+            raise UserError(f"--resume: {out} was started with other settings ({', '.join(changed) or 'model'}); "
+                            "use a new --checkpoint_dir")
+        if previous != load_json(out / CONFIG_FILE):  # an earlier format: continue in this one
+            write_config(out, previous)
         return previous
     if getattr(cfg, "overwrite", False) and out.is_dir():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_save_json(config, out / CONFIG_FILE)
+    write_config(out, config)
     return config
-
-
-def finish_output_dir(out: Path, metrics: dict[str, Any]) -> None:
-    """``metrics.json`` is written last: its presence marks a finished stage."""
-    atomic_save_json(metrics, out / METRICS_FILE)
-
-
-def save_norm_stats(norm: NormStats, out: Path) -> None:
-    norm.save(out / NORM_STATS_FILE)
-
-
-def load_norm_stats(folder: Path) -> NormStats:
-    config = load_json(folder / CONFIG_FILE)
-    return NormStats.load(folder / config.get("norm_stats_file", NORM_STATS_FILE))

@@ -1,4 +1,4 @@
-"""Generic statistics for the analyses of SPEC §4, §6 and §7, all through scipy.stats and scikit-learn.
+"""Generic statistics for the analyses of METHOD §4, §6 and §7, all through scipy.stats and scikit-learn.
 
 Every function except ``pathway_shares`` returns plain Python numbers, lists and dicts, ready for JSON.
 """
@@ -143,7 +143,7 @@ def spearman(x: np.ndarray, y: np.ndarray) -> dict:
 
 
 def pathway_shares(decoder_norms: np.ndarray, linear_norms: np.ndarray, nonlinear_norms: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-feature share of each pathway's norm in their sum (SPEC §7).
+    """Per-feature share of each pathway's norm in their sum (METHOD §7).
 
     Returns arrays ``residual``, ``linear``, ``nonlinear`` and ``interaction`` (linear + nonlinear,
     the paper's "interaction-pathway share", = 1 − residual by construction).

@@ -1,44 +1,24 @@
 """The one training loop every trained stage uses: Adam, the linear-decay schedule, clipping, validation,
-best-model selection, periodic resumable checkpoints (SPEC §1, §5b, §9)."""
+best-model selection, periodic resumable checkpoints (METHOD §1, §5b, §9)."""
 from __future__ import annotations
 
 import json
 import logging
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from common.checkpoint import RESUME_FILE, WEIGHTS_FILE, atomic_save_safetensors, atomic_torch_save, load_resume_state
+from common.checkpoint import load_resume_state, write_resume_state
+from common.config import TrainConfig
 from common.device import autocast, param_dtype
 from common.errors import UserError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    """Optimizer, schedule and bookkeeping shared by every trained stage (stage configs extend it)."""
-
-    lr: float = 1e-4
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_eps: float = 1e-5
-    grad_clip: float = 1.0
-    train_steps: int = 500_000  # planned steps: the schedule is laid over these
-    stop_at_step: int | None = None  # stop early (the paper's stage-1 run stopped at 200k of 500k)
-    schedule: str = "paper"  # "paper": decay over decay_fraction of planned steps; "original": over original_decay_steps
-    decay_fraction: float = 0.8
-    final_lr_fraction: float = 0.1
-    original_decay_steps: int | None = None
-    val_every: int = 1_000
-    checkpoint_every: int = 10_000
-    log_every: int = 100
-    seed: int = 0
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -69,7 +49,8 @@ class Trainer:
     """Runs ``loss_fn`` over ``batches`` from step 0 (or the resume step) to the planned or stop step.
 
     ``loss_fn(model, batch) -> (loss, logs)``; ``validate(model) -> metrics`` whose ``loss`` picks the best model,
-    saved as ``best_model.safetensors`` (weights under ``weight_prefix``). Resume state is one atomic file.
+    which saves itself (``model.save``). ``seed`` seeds the global generator (dropout) when a run starts; a resumed run
+    restores it instead. Resume state is one atomic file.
     """
 
     def __init__(
@@ -82,11 +63,11 @@ class Trainer:
         loss_fn: Callable[[nn.Module, tuple[Tensor, ...]], tuple[Tensor, dict[str, Tensor]]],
         batches: BatchSource,
         validate: Callable[[nn.Module], dict[str, float]],
-        weight_prefix: str = "",
+        seed: int = 0,
     ) -> None:
         self.model = model.to(device=device, dtype=param_dtype(precision))
         self.cfg, self.out_dir, self.device, self.precision = cfg, Path(out_dir), device, precision
-        self.loss_fn, self.batches, self.validate, self.weight_prefix = loss_fn, batches, validate, weight_prefix
+        self.loss_fn, self.batches, self.validate, self.seed = loss_fn, batches, validate, seed
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = make_adam(self.params, cfg, precision)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
@@ -111,7 +92,7 @@ class Trainer:
         }
         if self.device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
-        atomic_torch_save(state, self.out_dir / RESUME_FILE)
+        write_resume_state(self.out_dir, state)
 
     def load_resume(self) -> bool:
         state = load_resume_state(self.out_dir)
@@ -129,8 +110,7 @@ class Trainer:
         return True
 
     def save_best(self) -> None:
-        weights = {self.weight_prefix + name: t.float() for name, t in self.model.state_dict().items()}
-        atomic_save_safetensors(weights, self.out_dir / WEIGHTS_FILE, metadata={"step": str(self.step)})
+        self.model.save(self.out_dir, step=self.step)
 
     def run_validation(self) -> None:
         self.model.eval()
@@ -168,10 +148,10 @@ class Trainer:
 
     def fit(self, resume: bool = False) -> dict[str, list[dict]]:
         if not resume:
-            torch.manual_seed(self.cfg.seed)
+            torch.manual_seed(self.seed)
         elif not self.load_resume():
             log.info("no resume state in %s: starting from step 0", self.out_dir)
-            torch.manual_seed(self.cfg.seed)
+            torch.manual_seed(self.seed)
         running: dict[str, Tensor] = {}
         running_steps = 0
         bar = tqdm(total=self.end_step, initial=self.step, desc="train", unit="step")

@@ -13,7 +13,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from common.models import SMOLLM2_GGUF, TINY_MODEL, LoadedLM, load_lm  # noqa: E402
+from common.lm import SMOLLM2_GGUF, TINY_MODEL, LoadedLM, load_lm  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -61,7 +61,7 @@ def tiny_joint_run(tiny_stage1_dir: Path, tiny_nfm_dir: Path, tmp_path_factory: 
     from part15_joint_SAENFM import main
 
     out = tmp_path_factory.mktemp("tiny_joint") / "joint"
-    metrics = main(["--preset", "tiny", "--sae1_model_path", str(tiny_stage1_dir), "--compare_sequential", str(tiny_nfm_dir),
+    metrics = main(["--preset", "tiny", "--sae1_model_path", str(tiny_stage1_dir), "--nfm_model_path", str(tiny_nfm_dir),
                     "--checkpoint_dir", str(out)])
     return out, metrics
 

@@ -11,6 +11,7 @@ from scipy import stats
 
 import part16_orthogonality as part16
 import part17_bimodal_gram as part17
+from common import bimodal
 from common.activations import NORM_STATS_FILE, NormStats
 from common.analysis import RESULTS_FILE, barely_moved, initial_norm_band, near_init
 from common.checkpoint import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, atomic_save_json, atomic_save_safetensors
@@ -201,13 +202,13 @@ def test_part17_barely_moved_and_mixture_fit(bimodal_run, ortho_run, dirs, joint
     out = dirs["root"] / "part17"
     saved = json.loads((out / RESULTS_FILE).read_text())
     assert saved["analysis"] == "bimodal" and saved["split"] == 0.2
-    assert any("spearman" in key for key in saved) and set(saved["spearman_vs_squared_norm"]) == set(part17.SHARES)
+    assert any("spearman" in key for key in saved) and set(saved["spearman_vs_squared_norm"]) == set(bimodal.SHARES)
     for name in PNGS_17:
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
 
 
 def test_part17_table_has_the_papers_rows(bimodal_run):
-    table = part17.format_table(bimodal_run)
+    table = bimodal.format_table(bimodal_run)
     for text in ("82.8 / 71.3", "33.1 / 29.0", "49.7 / 42.3", "17.2 / 28.7", "-0.987", "barely moved", "two-component mixture"):
         assert text in table
 

@@ -3,8 +3,17 @@ import os
 import pytest
 import torch
 
-from common.checkpoint import (CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, atomic_save_json, atomic_save_safetensors,
-                               load_json, load_weights, read_stage, require_match)
+from common.checkpoint import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    WEIGHTS_FILE,
+    atomic_save_json,
+    atomic_save_safetensors,
+    load_json,
+    load_weights,
+    read_stage,
+    require_match,
+)
 from common.errors import UserError
 
 

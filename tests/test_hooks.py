@@ -6,7 +6,7 @@ import torch
 
 from common.errors import UserError
 from common.hooks import capture_layer, capture_layer_and_logits, check_layer, patch_layer, run_from_layer
-from common.models import TINY_MODEL, LoadedLM, load_lm
+from common.lm import TINY_MODEL, LoadedLM, load_lm
 
 
 def random_ids(lm: LoadedLM, batch: int = 3, length: int = 40, seed: int = 0) -> torch.Tensor:

@@ -10,13 +10,26 @@ import torch
 from safetensors.torch import load_file
 
 import part15_joint_SAENFM as part15
-from common.checkpoint import CONFIG_FILE, METRICS_FILE, RESUME_FILE, WEIGHTS_FILE, atomic_save_json, load_json, load_resume_state
+from common.checkpoint import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    RESUME_FILE,
+    WEIGHTS_FILE,
+    atomic_save_json,
+    load_json,
+    load_resume_state,
+)
 from common.cli import run_cli
 from common.device import autocast
-from common.joint import (JointSAENFM, dense_top_codes, joint_reference, paper_parameter_counts, unique_parameter_counts,
-                          with_shares)
-from common.sae import sae_reference
+from common.joint import (
+    JointSAENFM,
+    joint_reference,
+    paper_parameter_counts,
+    unique_parameter_counts,
+    with_shares,
+)
 from common.loading import load_joint, load_sae
+from common.sae import dense_codes, sae_reference
 
 D_MODEL, NUM_FEATURES, K, EMBED_DIM, TOP_N, BATCH = 16, 200, 12, 8, 6, 10
 PAPER_SHAPES = dict(d_model=3_200, num_features=50_000, k=1_024, embed_dim=300, top_n=512)
@@ -151,7 +164,8 @@ def test_sequential_comparison_reads_stage_2(tiny_joint_run, tiny_nfm_dir: Path)
 
 def test_parts_load_separately_and_the_sae_loads_as_stage_1(tiny_joint_run, tiny_stage1_dir: Path):
     out, _ = tiny_joint_run
-    joint, norm, config = load_joint(out)
+    joint, norm, source = load_joint(out)
+    config = source.config
     sae, sae_norm, _ = load_sae(out)
     for name, tensor in sae.state_dict().items():
         assert torch.equal(tensor, joint.sae.state_dict()[name]), name
@@ -217,6 +231,6 @@ def test_sparse_sae_step_passes_the_input_gradient(tied: bool):
     x_reference = x.detach().clone().requires_grad_()
     out = sae(x, decode="sparse")
     (out.recon.square().sum() + out.top_acts.pow(3).sum()).backward()
-    dense = dense_top_codes(sae, x_reference, K)
+    dense = dense_codes(sae, x_reference, K)
     (sae_reference(sae, x_reference).square().sum() + dense.pow(3).sum()).backward()
     assert_rel_close(x.grad, x_reference.grad, 1e-5, "x")

@@ -150,11 +150,12 @@ def test_mismatched_checkpoints_are_refused(tiny_stage1_dir: Path, tiny_nfm_dir:
     with pytest.raises(UserError, match="other normalization statistics"):
         run14(tiny_stage1_dir, other_stats, tmp_path / "out")
 
-    narrower = copy_stage(tiny_nfm_dir, tmp_path / "narrower", {"num_features": 999})
+    record = json.loads((tiny_nfm_dir / "config.json").read_text())["model"]
+    narrower = copy_stage(tiny_nfm_dir, tmp_path / "narrower", {"num_features": 999, "model": {**record, "num_features": 999}})
     weights = load_file(str(narrower / "best_model.safetensors"))
     weights.update({name: weights[name][:999].clone() for name in ("linear_weight", "embeddings")})
     save_file(weights, str(narrower / "best_model.safetensors"))
-    with pytest.raises(UserError, match="SAE with 999 features"):
+    with pytest.raises(UserError, match="takes F=999 features"):
         run14(tiny_stage1_dir, narrower, tmp_path / "out")
 
     other_layer = copy_stage(tiny_nfm_dir, tmp_path / "other_layer", {"layer": 3})

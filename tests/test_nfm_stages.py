@@ -8,16 +8,24 @@ from pathlib import Path
 import pytest
 import torch
 
-import part10_sae_decomp_of_NFM as part10
 import part2d_residual_NFM_streaming as part2d
+import part10_sae_decomp_of_NFM as part10
 from common.activations import NormStats
-from common.checkpoint import (CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, atomic_save_json, atomic_save_safetensors, load_json,
-                               load_weights, weights_sha256)
+from common.checkpoint import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    WEIGHTS_FILE,
+    atomic_save_json,
+    load_json,
+    load_weights,
+    weights_sha256,
+)
 from common.cli import run_cli
-from common.config import NFMConfig, build_config
+from common.codes import scatter_codes
+from common.config import build_config
 from common.loading import load_nfm, load_sae
-from common.nfm import NFM, nfm_reference, scatter_codes
-from common.nfm_training import evaluate_nfm, sae_codes
+from common.nfm import NFM, nfm_reference
+from common.nfm_objective import evaluate_nfm, sae_codes
 from common.sae import TopKSAE, sae_reference
 from common.stage import open_stream
 
@@ -98,7 +106,7 @@ def test_stage2_reduces_the_held_out_residual_error(tiny_stage1_dir: Path, tiny_
     # The saved NFM, fed the saved SAE's codes of the held-out windows, gives the recorded figures again.
     sae, norm, _ = load_sae(tiny_stage1_dir)
     nfm, _ = load_nfm(tiny_nfm_dir)
-    cfg = build_config(NFMConfig, "nfm", {"preset": "tiny"})
+    cfg = build_config("nfm", {"preset": "tiny"})
     stream = open_stream(cfg, tiny_lm)
     val_rows = stream.val_rows(cfg.val_tokens // cfg.window, within=cfg.num_tokens // cfg.window)
     codes = sae_codes(sae.eval(), val_rows, norm, config["sae_k"], config["top_n_features"], "sparse", 256)
@@ -161,8 +169,7 @@ def fake_stage1(src: Path, dst: Path, features: int) -> Path:
     config["config"]["features"] = features
     atomic_save_json(config, dst / CONFIG_FILE)
     torch.manual_seed(1)
-    sae = TopKSAE(config["d_model"], features, config["config"]["k"])
-    atomic_save_safetensors(sae.state_dict(), dst / WEIGHTS_FILE)
+    TopKSAE(config["d_model"], features, config["config"]["k"]).save(dst)
     return dst
 
 

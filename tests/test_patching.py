@@ -9,13 +9,20 @@ from scipy import stats
 
 from common.activations import NormStats
 from common.checkpoint import atomic_save_npz
+from common.codes import scatter_codes, select_top_n
 from common.hooks import capture_layer, patch_layer
 from common.joint import JointSAENFM
-from common.kl_conditions import (JOINT_CONDITIONS, SEQUENTIAL_CONDITIONS, joint_conditions, original_settings,
-                                  sequential_conditions, trained_settings)
+from common.kl_conditions import (
+    JOINT_CONDITIONS,
+    SEQUENTIAL_CONDITIONS,
+    joint_conditions,
+    original_settings,
+    sequential_conditions,
+    trained_settings,
+)
 from common.kl_report import merge_parts, summarize
-from common.models import LoadedLM
-from common.nfm import NFM, nfm_reference, scatter_codes, select_top_n
+from common.lm import LoadedLM
+from common.nfm import NFM, nfm_reference
 from common.patching import EPS_RANDOM, PatchingEvaluator, epsilon_perturb, next_token_metrics, random_unit_vectors
 from common.sae import TopKSAE, sae_reference
 

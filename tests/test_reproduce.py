@@ -60,3 +60,27 @@ def test_failing_stage_is_named_and_earlier_outputs_stay(tmp_path):
     assert result.returncode == 2
     assert "stage sae1" in result.stderr and "failed" in result.stderr
     assert not (out / "nfm").exists()
+
+
+# Values of the tiny report for seed 0, recorded when the stages were moved onto the one stage runner (issue 17):
+# a change that moves any of them is a change of behaviour, not a refactor. Re-record them only on purpose.
+REGRESSION_PIN = {
+    "sae1:variance_explained": 0.7260877446270622,
+    "nfm:error_reduction_val": 0.3907809340476822,
+    "sae2:variance_explained": 0.15799406053282017,
+    "joint:improvement": 0.3662772887036283,
+    "kl14:conditions.sae.kl_ratio_eps_random": 2.5482842922210693,
+    "kl18:conditions.joint_full.kl_reduction": 0.4112740755081177,
+    "ortho:saes.joint.cosine_offdiag.mean_abs": 0.10401121716504101,
+    "bimodal:shares.interaction.mean_low": 0.5078290569901495,
+}
+REGRESSION_PIN_ORIGINAL_EVAL = {"kl14:conditions.sae.kl_ratio_eps_random": 1.2420892715454102,
+                                "kl18:conditions.joint_full.kl_reduction": -0.25381338596343994}
+
+
+def test_regression_pin_tiny_report_numbers(tiny_run):
+    rows = {row["source"]: row for row in json.loads((tiny_run / "report.json").read_text())["rows"]}
+    for source, pinned in REGRESSION_PIN.items():
+        assert rows[source]["value"] == pytest.approx(pinned, rel=1e-6), source
+    for source, pinned in REGRESSION_PIN_ORIGINAL_EVAL.items():
+        assert rows[source]["original_value"] == pytest.approx(pinned, rel=1e-6), source

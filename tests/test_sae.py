@@ -40,7 +40,7 @@ def test_tied_init_matches_pytorch_linear_default():
     assert sae.W_enc is None and sae.encoder_weight is sae.W_dec
     assert float(sae.b_enc.detach().abs().max()) == 0.0
     mean_sq_norm = float((sae.W_dec.detach()**2).sum(1).mean())
-    assert mean_sq_norm == pytest.approx(64 / (3 * 1000), rel=0.05)  # d/(3F), SPEC §7
+    assert mean_sq_norm == pytest.approx(64 / (3 * 1000), rel=0.05)  # d/(3F), METHOD §7
     assert [name for name, _ in sae.named_parameters()] == ["W_dec", "b_enc"]
 
 

@@ -4,9 +4,10 @@ import torch.nn.functional as F
 
 from common.batches import ChunkedBatches, RowBatches
 from common.checkpoint import WEIGHTS_FILE, load_weights
+from common.config import TrainConfig
 from common.errors import UserError
 from common.sae import TopKSAE
-from common.train import TrainConfig, Trainer, lr_factor
+from common.train import Trainer, lr_factor
 
 CPU = torch.device("cpu")
 

@@ -51,8 +51,8 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 @dataclass
 class LoadedLM:
-    model: "PreTrainedModel"  # eval mode, no gradients, on the requested device
-    tokenizer: "PreTrainedTokenizerBase"
+    model: PreTrainedModel  # eval mode, no gradients, on the requested device
+    tokenizer: PreTrainedTokenizerBase
     model_id: str  # canonical id, never a machine path
     fingerprint: str  # identifies the weights: a file sha256, a hub commit, or the tiny model's recipe hash
     num_layers: int
@@ -146,7 +146,7 @@ def _train_sentencepiece(text_file: str) -> bytes:
     return buffer.getvalue()
 
 
-def _tiny_tokenizer(model_bytes: bytes) -> "PreTrainedTokenizerBase":
+def _tiny_tokenizer(model_bytes: bytes) -> PreTrainedTokenizerBase:
     from transformers import LlamaTokenizer
 
     # transformers 5 traps: LlamaTokenizer(vocab_file=...) silently builds an empty 3-token tokenizer, and without
@@ -159,7 +159,7 @@ def _tiny_tokenizer(model_bytes: bytes) -> "PreTrainedTokenizerBase":
     return tokenizer
 
 
-def _check_tiny_tokenizer(tokenizer: "PreTrainedTokenizerBase", model_bytes: bytes) -> None:
+def _check_tiny_tokenizer(tokenizer: PreTrainedTokenizerBase, model_bytes: bytes) -> None:
     import sentencepiece as spm
 
     reference = spm.SentencePieceProcessor(model_proto=model_bytes)
@@ -172,7 +172,7 @@ def _check_tiny_tokenizer(tokenizer: "PreTrainedTokenizerBase", model_bytes: byt
         )
 
 
-def _load_tiny(dtype: torch.dtype | None) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase", str, str]:
+def _load_tiny(dtype: torch.dtype | None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str, str]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     model_bytes = tiny_tokenizer_model()
@@ -202,7 +202,7 @@ def _smollm2_path() -> Path:
     return path
 
 
-def _load_gguf(path: Path, dtype: torch.dtype | None) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
+def _load_gguf(path: Path, dtype: torch.dtype | None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -223,7 +223,7 @@ def _load_gguf(path: Path, dtype: torch.dtype | None) -> tuple["PreTrainedModel"
 
 def _load_pretrained(
     name: str, device: torch.device, dtype: torch.dtype | None, trust_remote_code: bool
-) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase", str, str]:
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str, str]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = Path(name).expanduser()

@@ -1,4 +1,4 @@
-"""The NFM on a TopK SAE's residual (SPEC §2): the codes and residual it is fed, its loss and its evaluation.
+"""The NFM on a TopK SAE's residual (METHOD §2): the codes and residual it is fed, its loss and its evaluation.
 
 Stage 2 trains on these; stage 3 feeds the NFM the same codes to collect its interaction vectors.
 """
@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from common.activations import NormStats
-from common.nfm import NFM, select_top_n
+from common.codes import select_top_n
+from common.nfm import NFM
 from common.sae import TopKSAE
 
 
@@ -50,7 +51,7 @@ def concat(parts: list[SAECodes]) -> SAECodes:
 
 
 def nfm_loss(nfm: NFM, batch: tuple[Tensor, ...], decode: str) -> tuple[Tensor, dict[str, Tensor]]:
-    """MSE of the NFM's prediction of the residual, the only training signal (SPEC §2)."""
+    """MSE of the NFM's prediction of the residual, the only training signal (METHOD §2)."""
     top_acts, top_indices, residual = batch
     prediction = nfm(top_acts, top_indices, decode=decode).total
     return F.mse_loss(prediction.float(), residual), {}
@@ -84,3 +85,15 @@ def evaluate_nfm(nfm: NFM, codes: SAECodes, decode: str, batch_size: int) -> dic
         "linear_share": linear / (linear + interaction),
         "interaction_share": interaction / (linear + interaction),
     }
+
+
+def interaction_vectors(nfm: NFM, sae: TopKSAE, rows: Tensor, norm: NormStats, sae_k: int, top_n: int, decode: str,
+                        batch_size: int) -> Tensor:
+    """(n, k) fp32 NFM interaction vectors ``Linear1(h)`` before the ReLU of raw LM rows, the SAE fed exactly as in
+    stage 2 (its inference K and top-N): the secondary SAE's input (METHOD §3)."""
+    codes = sae_codes(sae, rows, norm, sae_k, top_n, decode, batch_size)
+    with torch.no_grad(), torch.autocast(codes.top_acts.device.type, enabled=False):
+        vectors = [nfm.interaction_hidden(codes.top_acts[start : start + batch_size],
+                                          codes.top_indices[start : start + batch_size], decode)
+                   for start in range(0, codes.top_acts.shape[0], batch_size)]
+    return torch.cat(vectors).float().cpu()
