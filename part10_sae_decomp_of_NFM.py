@@ -25,7 +25,8 @@ from common.stage_runner import StageData, StageRun
 log = logging.getLogger("part10")
 
 COLLECT_TOKENS = 32_768  # LM tokens harvested at a time while collecting: bounds the raw activations held at once
-LM_NORM_STATS_FILE = "sae1_norm_stats.safetensors"  # stage 1's stats, copied; norm_stats.safetensors is this stage's own
+# stage 1's stats, copied; norm_stats.safetensors is this stage's own
+LM_NORM_STATS_FILE = "sae1_norm_stats.safetensors"
 
 
 class Stage3(SAETrainingStage):

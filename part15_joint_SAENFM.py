@@ -123,8 +123,9 @@ class Stage5(TrainedStage):
         if self.sequential is not None:
             config = self.sequential.config
             metrics["sequential_improvement_val"] = float(self.sequential.metrics()["error_reduction_val"])
-            metrics["sequential"] = (f"stage 2 {self.cfg.nfm_model_path}: its error_reduction_val, the NFM on the "
-                                     f"residual of the stage-1 SAE at K {config['sae_k']}, top {config['top_n_features']}")
+            metrics["sequential"] = (f"stage 2 {self.cfg.nfm_model_path}: its error_reduction_val, "
+                                     f"the NFM on the residual of the stage-1 SAE at K {config['sae_k']}, "
+                                     f"top {config['top_n_features']}")
         return metrics
 
     def print_table(self, metrics: dict, out: Path) -> None:

@@ -12,7 +12,8 @@ from common.kl_conditions import JOINT_CONDITIONS, joint_conditions, original_se
 from common.kl_stage import KLStage, check_kl_settings, run_kl_stage
 from common.loading import load_joint
 
-PAPER = ("paper (original evaluation): joint KL reduction 51.6% (headline); components linear 50.9% / interaction 8.6% / "
+PAPER = ("paper (original evaluation): joint KL reduction 51.6% (headline); "
+         "components linear 50.9% / interaction 8.6% / "
          "both 51.9% (t > 15.8); CE 25.7% / 4.2% / 26.2% (t > 10.3); 3.2M measurements")
 
 

@@ -62,7 +62,8 @@ class Stage2(TrainedStage):
             """The chunk's NFM data, keeping a fixed sample of it for the training figures."""
             codes = codes_of(rows)
             generator = torch.Generator().manual_seed(cfg.seed + chunk)
-            self.train_sample[chunk] = subset(codes, torch.randperm(rows.shape[0], generator=generator)[:self.sample_per_chunk])
+            sampled = torch.randperm(rows.shape[0], generator=generator)[:self.sample_per_chunk]
+            self.train_sample[chunk] = subset(codes, sampled)
             return tuple(codes)
 
         self.chunks = StreamedChunks(plan, convert)

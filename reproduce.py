@@ -49,7 +49,8 @@ def _kl_joint(*extra: str) -> Callable[[Path], list[str]]:
     return lambda d: ["--joint_model_path", str(d / "joint"), *extra]
 
 
-# Pipeline order of the paper: 1 → 2 → 3 → 5 → 14 → 16 → 17 → 18; the KL stages run as trained and as the original evaluated.
+# Pipeline order of the paper: 1 → 2 → 3 → 5 → 14 → 16 → 17 → 18; the KL stages run as trained and as the
+# original evaluated.
 STAGES = (
     Stage("sae1", "part1c_sae_topK_implementation.py", "--checkpoint_dir", "metrics.json", lambda d: [], trains=True),
     Stage("nfm", "part2d_residual_NFM_streaming.py", "--checkpoint_dir", "metrics.json",
@@ -61,9 +62,11 @@ STAGES = (
     Stage("kl14", "part14_kl_tests.py", "--output_dir", "results.json", _kl()),
     Stage("kl14_original", "part14_kl_tests.py", "--output_dir", "results.json", _kl("--original_eval")),
     Stage("ortho", "part16_orthogonality.py", "--output_dir", "results.json",
-          lambda d: ["--sae1_model_path", str(d / "sae1"), "--sae2_model_path", str(d / "joint")], uses_lm=False, resumable=False),
+          lambda d: ["--sae1_model_path", str(d / "sae1"), "--sae2_model_path", str(d / "joint")],
+          uses_lm=False, resumable=False),
     Stage("bimodal", "part17_bimodal_gram.py", "--output_dir", "results.json",
-          lambda d: ["--joint_model_path", str(d / "joint"), "--orthogonality_dir", str(d / "ortho")], uses_lm=False, resumable=False),
+          lambda d: ["--joint_model_path", str(d / "joint"), "--orthogonality_dir", str(d / "ortho")],
+          uses_lm=False, resumable=False),
     Stage("kl18", "part18_joint_kl.py", "--output_dir", "results.json", _kl_joint()),
     Stage("kl18_original", "part18_joint_kl.py", "--output_dir", "results.json", _kl_joint("--original_eval")),
 )
@@ -125,7 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--precision", default=None, help="auto, fp32, bf16 or faithful-fp16 (default: auto)")
     parser.add_argument("--seed", type=int, default=None, help="random seed for every stage")
     parser.add_argument("--cache", action=argparse.BooleanOptionalAction, default=None,
-                        help="harvest activations once into DIR/activation_cache (default: on for cpu and tiny, off for paper)")
+                        help="harvest activations once into DIR/activation_cache "
+                             "(default: on for cpu and tiny, off for paper)")
     parser.add_argument("--stages", nargs="+", choices=[s.name for s in STAGES], default=None,
                         help="run only these stages (their inputs must exist)")
     args = parser.parse_args(argv)

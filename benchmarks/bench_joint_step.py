@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> None:
                     torch.cuda.empty_cache()
     wall = {name: statistics.median(t[0] for t in runs) for name, runs in times.items()}
     cpu = {name: statistics.median(t[1] for t in runs) for name, runs in times.items()}
-    regimes = {"ours": f"{resolve_precision('auto', device)}, {resolve_decode('auto', device)} decode, tied, fused Adam",
+    regimes = {"ours": f"{resolve_precision('auto', device)}, {resolve_decode('auto', device)} decode, "
+                       "tied, fused Adam",
                "original": f"{'fp16' if device.type == 'cuda' else 'fp32'}, dense decode, tied by views, default Adam"}
     print(f"joint step at d {args.d_model}, F {args.num_features}, K {args.k}, top-N {args.top_n}, k {args.embed_dim}, "
           f"batch {args.batch}; device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}, "

@@ -74,12 +74,16 @@ def main() -> None:
     torch.manual_seed(0)
     sae = TopKSAE(lm.d_model, args.features, args.k).to(device).eval()
     nfm = NFM(args.features, lm.d_model, args.nfm_k).to(device).eval()
-    norm = NormStats.compute(capture_layer(lm.model, windows[:4].to(device), args.layer).reshape(-1, lm.d_model).cpu()).to(device)
-    reconstruct = sequential_conditions(sae, nfm, norm, trained_settings(args.sae_k, args.sae_k), resolve_decode("auto", device))
+    captured = capture_layer(lm.model, windows[:4].to(device), args.layer)
+    norm = NormStats.compute(captured.reshape(-1, lm.d_model).cpu()).to(device)
+    reconstruct = sequential_conditions(sae, nfm, norm, trained_settings(args.sae_k, args.sae_k),
+                                        resolve_decode("auto", device))
     ways = {
-        f"shared prefix, batch {args.batch_size}": (PatchingEvaluator(lm.model, args.layer, reconstruct, "sae", args.epsilon_draws), args.batch_size),
+        f"shared prefix, batch {args.batch_size}": (
+            PatchingEvaluator(lm.model, args.layer, reconstruct, "sae", args.epsilon_draws), args.batch_size),
         f"original (whole model per patch), batch {ORIGINAL_BATCH}": (
-            PatchingEvaluator(lm.model, args.layer, reconstruct, "sae", args.epsilon_draws, shared_prefix=False), ORIGINAL_BATCH),
+            PatchingEvaluator(lm.model, args.layer, reconstruct, "sae", args.epsilon_draws, shared_prefix=False),
+            ORIGINAL_BATCH),
     }
     for evaluator, batch_size in ways.values():  # warm-up
         run(evaluator, windows[:batch_size], batch_size)
@@ -101,7 +105,8 @@ def main() -> None:
     ours, original = rates.values()
     first, second = outputs.values()
     worst = max(float(np.max(np.abs(first[name] - second[name]))) for name in first)
-    print(f"  speed-up {ours / original:.2f}x; largest difference between the two ways' per-position values {worst:.2e}")
+    print(f"  speed-up {ours / original:.2f}x; "
+          f"largest difference between the two ways' per-position values {worst:.2e}")
 
 
 if __name__ == "__main__":

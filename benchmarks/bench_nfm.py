@@ -120,12 +120,15 @@ def main(argv: list[str] | None = None) -> None:
         top_acts, top_indices = random_codes(args.batch, n, args.num_features, device)
         target = torch.randn(args.batch, args.d_model, device=device)
         contenders: dict[str, tuple[Callable[[], None], Callable[[], None]]] = {
-            "dense": make_contender(dense, lambda: dense(top_acts, top_indices), target, contextlib.nullcontext)
+            "dense": make_contender(dense,
+                                    lambda top_acts=top_acts, top_indices=top_indices: dense(top_acts, top_indices),
+                                    target, contextlib.nullcontext)
         }
         for decode, precision in ours_modes:
             contenders[f"{decode} {precision}"] = make_contender(
                 ours,
-                lambda decode=decode: ours(top_acts, top_indices, decode=decode).total,
+                lambda decode=decode, top_acts=top_acts, top_indices=top_indices: (
+                    ours(top_acts, top_indices, decode=decode).total),
                 target,
                 lambda precision=precision: autocast(precision, device),
             )

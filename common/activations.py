@@ -103,13 +103,15 @@ class ActivationStream:
     def _harvest(self, indices: list[int]) -> Tensor:
         """(n, T, d) in the LM's dtype on the CPU, running only blocks before the layer."""
         out = []
-        bar = tqdm(total=len(indices), desc=f"harvest layer {self.layer}", unit="win", leave=False, disable=len(indices) < 4 * self.batch_size)
+        bar = tqdm(total=len(indices), desc=f"harvest layer {self.layer}", unit="win", leave=False,
+                   disable=len(indices) < 4 * self.batch_size)
         for start in range(0, len(indices), self.batch_size):
             batch = torch.stack([self.text.get(i) for i in indices[start : start + self.batch_size]]).to(self.device)
             acts = capture_layer(self.lm.model, batch, self.layer)
             if not torch.isfinite(acts).all():
                 raise UserError(
-                    f"non-finite activations at layer {self.layer} of {self.lm.model_id} (windows from {indices[start]}); "
+                    f"non-finite activations at layer {self.layer} of {self.lm.model_id} "
+                    f"(windows from {indices[start]}); "
                     "try a wider dtype for the LM"
                 )
             out.append(acts.cpu())
@@ -147,5 +149,6 @@ class ActivationStream:
         """Rows of the first ``max_windows`` held-out windows among the first ``within`` windows of the text."""
         indices = [i for i in self.text.available(0, within) if is_validation_window(i)][:max_windows]
         if not indices:
-            raise UserError(f"no held-out windows in the first {within} windows of {self.text.source.description}: the text is too short")
+            raise UserError(f"no held-out windows in the first {within} windows of {self.text.source.description}: "
+                            "the text is too short")
         return flatten_positions(self.windows(indices), self.exclude_first_position)

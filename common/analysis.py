@@ -69,14 +69,16 @@ def initial_norm_band(d_model: int, num_features: int, sigmas: float = INIT_BAND
         "tolerance": tolerance,
         "near_low": mean * (1 - tolerance),
         "near_high": mean * (1 + tolerance),
-        "rule": (f"initial squared norm d/(3F) with std (2/(3F))*sqrt(d/5) (entries U(-1/sqrt(F), 1/sqrt(F)), the default "
-                 f"init); barely moved: within {sigmas:g} std of d/(3F) (an untrained column falls outside with probability "
-                 f"~6e-5); near init: within ±{tolerance:.0%} of d/(3F)"),
+        "rule": ("initial squared norm d/(3F) with std (2/(3F))*sqrt(d/5) (entries U(-1/sqrt(F), 1/sqrt(F)), "
+                 f"the default init); barely moved: within {sigmas:g} std of d/(3F) "
+                 "(an untrained column falls outside with probability ~6e-5); "
+                 f"near init: within ±{tolerance:.0%} of d/(3F)"),
     }
 
 
 def barely_moved(squared_norms: np.ndarray, band: dict[str, Any]) -> np.ndarray:
-    """Bool mask of the columns whose squared norm is indistinguishable from an untrained one (``initial_norm_band``)."""
+    """Bool mask of the columns whose squared norm is indistinguishable from an untrained one
+    (``initial_norm_band``)."""
     return (squared_norms >= band["low"]) & (squared_norms <= band["high"])
 
 

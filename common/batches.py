@@ -15,7 +15,8 @@ def epoch_permutation(num_rows: int, seed: int, epoch: int, chunk: int = 0) -> T
 class RowBatches:
     """Random batches over one fixed set of rows: a fresh permutation every epoch, the last partial batch dropped."""
 
-    def __init__(self, tensors: tuple[Tensor, ...], batch_size: int, seed: int, device: torch.device, chunk: int = 0) -> None:
+    def __init__(self, tensors: tuple[Tensor, ...], batch_size: int, seed: int, device: torch.device,
+                 chunk: int = 0) -> None:
         self.tensors, self.seed, self.device, self.chunk = tensors, seed, device, chunk
         self.num_rows = tensors[0].shape[0]
         self.batch_size = min(batch_size, self.num_rows)
@@ -47,7 +48,8 @@ class ChunkedBatches:
         seed: int,
         device: torch.device,
     ) -> None:
-        self.load_chunk, self.epochs, self.batch_size, self.seed, self.device = load_chunk, epochs, batch_size, seed, device
+        self.load_chunk, self.epochs, self.batch_size = load_chunk, epochs, batch_size
+        self.seed, self.device = seed, device
         self.chunk_steps = [epochs * max(1, rows_in_chunk(c) // batch_size) for c in range(num_chunks)]
         self.total_steps = sum(self.chunk_steps)
         self._current: tuple[int, RowBatches] | None = None

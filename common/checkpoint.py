@@ -274,7 +274,8 @@ class SavesItself:
         try:
             missing, unexpected = model.load_state_dict(tensors, strict=False)
         except RuntimeError as err:  # a tensor of another shape than the record says
-            raise UserError(f"{folder}: weights do not match its config ({str(err).splitlines()[-1].strip()})") from None
+            raise UserError(f"{folder}: weights do not match its config "
+                            f"({str(err).splitlines()[-1].strip()})") from None
         if missing or unexpected:
             raise UserError(f"{folder}: weights do not match its config (missing {missing}, unexpected {unexpected})")
         return model

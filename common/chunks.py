@@ -27,7 +27,8 @@ def check_streaming_settings(cfg: Any) -> None:
 
 
 class ChunkPlan:
-    """The first ``num_tokens // window`` windows of the text, split evenly into ``round(windows / chunk windows)`` chunks.
+    """The first ``num_tokens // window`` windows of the text, split evenly into ``round(windows / chunk windows)``
+    chunks.
 
     An even split rather than fixed-size chunks plus a remainder: the original's 5M tokens made exactly 50 chunks of
     100k, while 39,062 windows of 128 tokens cut by 781 would leave a 51st chunk of 12 windows, trained on for as
@@ -75,7 +76,8 @@ class StreamedChunks:
         if rows is None:
             return None
         if rows.shape[0] != self.plan.rows_in_chunk(chunk):
-            raise RuntimeError(f"chunk {chunk}: {rows.shape[0]} rows harvested, {self.plan.rows_in_chunk(chunk)} planned")
+            raise RuntimeError(f"chunk {chunk}: {rows.shape[0]} rows harvested, "
+                               f"{self.plan.rows_in_chunk(chunk)} planned")
         tensors = self.convert(chunk, rows)
         self.seconds += time.perf_counter() - started
         log.info("chunk %d/%d: %d training rows", chunk + 1, self.plan.num_chunks, rows.shape[0])

@@ -40,7 +40,8 @@ def like(base: type, name: str, default: Any, help: str | None = None) -> Any:
 
 @dataclass
 class RunConfig:
-    preset: str = opt("paper", "paper (default: the paper's configuration), cpu (SmolLM2-135M, 2 cores) or tiny (tests)")
+    preset: str = opt("paper", "paper (default: the paper's configuration), cpu (SmolLM2-135M, 2 cores) "
+                      "or tiny (tests)")
     device: str | None = opt(None, "cpu, cuda or cuda:N (default: CUDA when present, else the CPU)")
     precision: str = opt("auto", "auto (bf16 autocast over fp32 weights on CUDA, fp32 on CPU), fp32, bf16 or "
                                  "faithful-fp16 (the original's pure fp16)")
@@ -106,7 +107,8 @@ class TrainedStageConfig(RunConfig, LMConfig, TrainConfig, ResumeConfig):
 class SAEShapeConfig:
     features: int = opt(50_000, "dictionary size F")
     k: int = opt(1024, "active features per row (TopK)")
-    tied: bool = opt(True, "tie encoder and decoder weights as the original's shared storage did (--no-tied: Gao et al.)")
+    tied: bool = opt(True, "tie encoder and decoder weights as the original's shared storage did "
+                     "(--no-tied: Gao et al.)")
 
 
 @dataclass

@@ -76,7 +76,8 @@ def resolve_text(files: list[str] | None, preset: str, role: str) -> TextSource:
     """
     if files:
         return local_text(files)
-    hub_split = {"train": "train", "eval": "test"}[role] if preset == "paper" else {"train": "validation", "eval": "test"}[role]
+    hub_split = ({"train": "train", "eval": "test"}[role] if preset == "paper"
+                 else {"train": "validation", "eval": "test"}[role])
     if preset != "paper":
         folder = shared_wikitext_dir()
         if folder is not None:
@@ -130,7 +131,8 @@ class WindowedText:
         if index < len(self._windows):
             return self._windows[index]
         if index == 0:
-            raise UserError(f"no {self.window}-token windows in {self.source.description} (rows shorter than one window are skipped)")
+            raise UserError(f"no {self.window}-token windows in {self.source.description} "
+                            "(rows shorter than one window are skipped)")
         return None
 
     def available(self, start: int, stop: int) -> list[int]:

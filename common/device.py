@@ -8,8 +8,14 @@ import torch
 
 from common.errors import UserError
 
-DECODE_MODES = ("auto", "dense", "sparse")
-PRECISIONS = ("auto", "fp32", "bf16", "faithful-fp16")
+# Per choice: its allowed values, and what ``auto`` means on (CUDA, the CPU).
+CHOICES = {
+    # Gather the K active rows on the CPU; a dense tensor-core matmul on CUDA is faster at K = 1,024 of 50,000.
+    "decode": (("auto", "dense", "sparse"), ("dense", "sparse")),
+    # bf16 matmuls over fp32 master weights on CUDA; plain fp32 on the CPU, where bf16 autocast did not pay.
+    "precision": (("auto", "fp32", "bf16", "faithful-fp16"), ("bf16", "fp32")),
+}
+DECODE_MODES, PRECISIONS = CHOICES["decode"][0], CHOICES["precision"][0]
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -22,22 +28,21 @@ def resolve_device(name: str | None) -> torch.device:
     return device
 
 
+def _resolve(choice: str, value: str, device: torch.device) -> str:
+    allowed, (on_cuda, on_cpu) = CHOICES[choice]
+    if value not in allowed:
+        raise UserError(f"--{choice} must be one of {', '.join(allowed)}, got {value!r}")
+    if value == "auto":
+        return on_cuda if device.type == "cuda" else on_cpu
+    return value
+
+
 def resolve_decode(mode: str, device: torch.device) -> str:
-    """``auto``: gather the K active rows on the CPU, dense tensor-core matmul on CUDA (faster at K=1,024 of 50,000)."""
-    if mode not in DECODE_MODES:
-        raise UserError(f"--decode must be one of {', '.join(DECODE_MODES)}, got {mode!r}")
-    if mode == "auto":
-        return "dense" if device.type == "cuda" else "sparse"
-    return mode
+    return _resolve("decode", mode, device)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: bf16 matmuls over fp32 master weights on CUDA, plain fp32 on the CPU (bf16 autocast did not pay there)."""
-    if precision not in PRECISIONS:
-        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return precision
+    return _resolve("precision", precision, device)
 
 
 def param_dtype(precision: str) -> torch.dtype:

@@ -118,7 +118,8 @@ def gram_offdiag_stats(
         gram[rows, rows] = 0.0
         cos[rows, rows] = 0.0
         # The square left part holds both triangles of this block's diagonal tile; the rest stands for its mirror too.
-        for part, weight, n_offdiag in ((slice(0, width), 1, width * (width - 1)), (slice(width, None), 2, width * (n - stop))):
+        for part, weight, n_offdiag in ((slice(0, width), 1, width * (width - 1)),
+                                        (slice(width, None), 2, width * (n - stop))):
             if n_offdiag:
                 raw.add(gram[:, part], n_offdiag, weight)
                 cosine.add(cos[:, part], n_offdiag, weight)
@@ -138,8 +139,13 @@ def gram_offdiag_stats(
     }
 
 
-def _components_for_90(cumulative: np.ndarray) -> int:
-    return int(min(np.searchsorted(cumulative, VARIANCE_TARGET, side="left") + 1, len(cumulative)))
+def _pca_result(definition: str, n_features: int, n_dropped: int, variances: np.ndarray, **extra: int) -> dict:
+    """The figures both PCA definitions report, from their component variances (largest first)."""
+    ratio = variances / variances.sum()
+    cumulative = np.cumsum(ratio)
+    components_90 = int(min(np.searchsorted(cumulative, VARIANCE_TARGET, side="left") + 1, len(cumulative)))
+    return {"definition": definition, "n_features": n_features, "n_dropped": n_dropped, **extra,
+            "explained_variance_ratio": ratio, "cumulative": cumulative, "components_90": components_90}
 
 
 def pca_exact(vectors: torch.Tensor, threshold: float = VALID_THRESHOLD) -> dict:
@@ -152,16 +158,8 @@ def pca_exact(vectors: torch.Tensor, threshold: float = VALID_THRESHOLD) -> dict
     centred = V.to(torch.float64) - V.to(torch.float64).mean(dim=0)
     covariance = centred.T @ centred / max(V.shape[0] - 1, 1)
     eigenvalues = torch.linalg.eigvalsh(covariance).flip(0).clamp_(min=0.0).cpu().numpy()
-    ratio = eigenvalues / eigenvalues.sum()
-    cumulative = np.cumsum(ratio)
-    return {
-        "definition": "standard: centred, eigenvalues of the covariance, fraction of total variance",
-        "n_features": V.shape[0],
-        "n_dropped": dropped,
-        "explained_variance_ratio": ratio,
-        "cumulative": cumulative,
-        "components_90": _components_for_90(cumulative),
-    }
+    return _pca_result("standard: centred, eigenvalues of the covariance, fraction of total variance", V.shape[0],
+                       dropped, eigenvalues)
 
 
 def pca_original(
@@ -179,15 +177,5 @@ def pca_original(
     matrix = V.detach().to(torch.float64).cpu().numpy()
     k = min(n_components, *matrix.shape)
     _, singular_values, _ = randomized_svd(matrix, n_components=k, random_state=seed)
-    variance = singular_values**2
-    ratio = variance / variance.sum()
-    cumulative = np.cumsum(ratio)
-    return {
-        "definition": "original: randomized SVD of uncentred rows, σ² over the sum of the top components only",
-        "n_features": matrix.shape[0],
-        "n_dropped": dropped,
-        "n_components": k,
-        "explained_variance_ratio": ratio,
-        "cumulative": cumulative,
-        "components_90": _components_for_90(cumulative),
-    }
+    return _pca_result("original: randomized SVD of uncentred rows, σ² over the sum of the top components only",
+                       matrix.shape[0], dropped, singular_values**2, n_components=k)

@@ -27,7 +27,8 @@ class _StopForward(Exception):
 
 
 def check_layer(model: PreTrainedModel, layer: int) -> None:
-    """Refuse a layer outside 1..num_layers-1: ``hidden_states[num_layers]`` is after the final norm in HF, not the residual stream."""
+    """Refuse a layer outside 1..num_layers-1: ``hidden_states[num_layers]`` is after the final norm in HF, not the
+    residual stream."""
     n = model.config.num_hidden_layers
     if isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= n - 1:
         raise UserError(f"layer must be an integer from 1 to {n - 1} for this {n}-block model, got {layer!r}")
@@ -79,21 +80,24 @@ def run_from_layer(model: PreTrainedModel, hidden: Tensor, layer: int) -> Tensor
     with torch.no_grad():
         position_embeddings = decoder.rotary_emb(hidden, position_ids)
         for block in decoder.layers[layer:]:
-            output = block(hidden, attention_mask=mask, position_ids=position_ids, position_embeddings=position_embeddings)
+            output = block(hidden, attention_mask=mask, position_ids=position_ids,
+                           position_embeddings=position_embeddings)
             hidden = _residual(output)
         return model.lm_head(decoder.norm(hidden))
 
 
 @contextlib.contextmanager
 def patch_layer(model: PreTrainedModel, layer: int, replace: Callable[[Tensor], Tensor]) -> Iterator[None]:
-    """While active, every forward replaces the layer-L residual ``h`` by ``replace(h)`` (cast back to the model's dtype)."""
+    """While active, every forward replaces the layer-L residual ``h`` by ``replace(h)`` (cast back to the model's
+    dtype)."""
     check_layer(model, layer)
 
     def swap(module: torch.nn.Module, args: Any, output: Any) -> Any:
         hidden = _residual(output)
         patched = replace(hidden)
         if patched.shape != hidden.shape:
-            raise ValueError(f"patch_layer: replace() returned shape {tuple(patched.shape)}, expected {tuple(hidden.shape)}")
+            raise ValueError(f"patch_layer: replace() returned shape {tuple(patched.shape)}, "
+                             f"expected {tuple(hidden.shape)}")
         patched = patched.to(hidden.dtype)
         return (patched, *output[1:]) if isinstance(output, tuple) else patched
 

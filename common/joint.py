@@ -65,7 +65,8 @@ class JointSAENFM(SavesItself, nn.Module):
 
     @classmethod
     def shape_from_record(cls, record: dict[str, Any]) -> JointShape:
-        return JointShape(TopKSAE.shape_from_record(record["sae"]), NFM.shape_from_record(record["nfm"]), record["top_n"])
+        return JointShape(TopKSAE.shape_from_record(record["sae"]), NFM.shape_from_record(record["nfm"]),
+                          record["top_n"])
 
     def forward(self, x: Tensor, decode: str = "sparse", k: int | None = None, top_n: int | None = None,
                 pooling: str = "bi") -> JointOutput:

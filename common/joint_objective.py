@@ -40,7 +40,8 @@ def evaluate_joint(joint: JointSAENFM, rows: Tensor, norm: NormStats, decode: st
     device = joint.sae.W_dec.device
     norm = norm.to(device)
     joint_metrics, sae_metrics = ReconstructionMetrics(), ReconstructionMetrics(joint.sae.num_features, dead_threshold)
-    totals = torch.zeros(5, dtype=torch.float64, device=device)  # SAE+linear, SAE+interaction errors; |sae|, |lin|, |int|
+    # SAE+linear, SAE+interaction errors; |sae|, |lin|, |int|
+    totals = torch.zeros(5, dtype=torch.float64, device=device)
     with torch.no_grad():
         for start in range(0, rows.shape[0], batch_size):
             x = norm.normalize(rows[start : start + batch_size].to(device))
@@ -127,16 +128,17 @@ def format_joint_table(metrics: dict[str, Any], cfg: Any) -> str:
             ("  MSE of its own SAE path alone", f"{metrics['sae_part_mse']:.4f}", "0.275"),
             ("  improvement = 1 - joint / own SAE path", pct(metrics["improvement"]), "41.3%")]
     if "sequential_improvement_val" in metrics:
-        rows.append(("  sequential: stage 2's NFM on the SAE residual", pct(metrics["sequential_improvement_val"]), "23%"))
+        rows.append(("  sequential: stage 2's NFM on the SAE residual", pct(metrics["sequential_improvement_val"]),
+                     "23%"))
     if "standalone_sae_mse" in metrics:
         rows += [("MSE of the standalone stage-1 SAE", f"{metrics['standalone_sae_mse']:.4f}", "-"),
                  ("  improvement = 1 - joint / standalone SAE", pct(metrics["improvement_vs_standalone"]), "-")]
     paper_recipe = metrics["paper_recipe"]
     rows += [("paper's recipe, first 1,000 training rows: joint", f"{paper_recipe['joint_mse']:.4f}", "0.162"),
-             ("  own SAE path / improvement", f"{paper_recipe['sae_part_mse']:.4f} / {pct(paper_recipe['improvement'])}",
-              "0.275 / 41.3%"),
-             ("mean |output| over rows and dims: linear path", f"{metrics['mean_abs_linear']:.3f} ({pct(metrics['linear_share'])})",
-              "0.347 (94.0%)"),
+             ("  own SAE path / improvement",
+              f"{paper_recipe['sae_part_mse']:.4f} / {pct(paper_recipe['improvement'])}", "0.275 / 41.3%"),
+             ("mean |output| over rows and dims: linear path",
+              f"{metrics['mean_abs_linear']:.3f} ({pct(metrics['linear_share'])})", "0.347 (94.0%)"),
              ("  interaction path", f"{metrics['mean_abs_interaction']:.3f} ({pct(metrics['interaction_share'])})",
               "0.022 (6.0%)"),
              ("error cut by adding the linear path to the SAE path", pct(metrics["linear_contribution"]), "-"),

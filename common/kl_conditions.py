@@ -19,8 +19,8 @@ from common.nfm import NFM
 from common.patching import Reconstruct
 from common.sae import TopKSAE
 
-SEQUENTIAL_CONDITIONS = {"sae": "SAE only", "sae_linear": "SAE + NFM linear", "sae_interaction": "SAE + NFM interaction",
-                         "sae_nfm": "SAE + full NFM"}
+SEQUENTIAL_CONDITIONS = {"sae": "SAE only", "sae_linear": "SAE + NFM linear",
+                         "sae_interaction": "SAE + NFM interaction", "sae_nfm": "SAE + full NFM"}
 JOINT_CONDITIONS = {"joint_sae": "joint SAE part", "joint_full": "joint full", "joint_linear": "joint linear only",
                     "joint_interaction": "joint interaction only"}
 
@@ -28,8 +28,8 @@ JOINT_CONDITIONS = {"joint_sae": "joint SAE part", "joint_full": "joint full", "
 @dataclass(frozen=True)
 class EvalSettings:
     """How the SAE and NFM are run on the residual: ``normalize`` (z-score in, de-normalize out), the SAE's ``k``, the
-    NFM's ``top_n`` (None: all k codes), the interaction ``pooling`` ("bi" or the original's "sum"), and ``layer_offset``
-    (0, or 1 for the original's patch one block after the capture point)."""
+    NFM's ``top_n`` (None: all k codes), the interaction ``pooling`` ("bi" or the original's "sum"), and
+    ``layer_offset`` (0, or 1 for the original's patch one block after the capture point)."""
 
     normalize: bool
     k: int

@@ -49,7 +49,8 @@ def compare(values: np.ndarray, other: np.ndarray) -> dict[str, Any]:
 
 def _spread(values: np.ndarray) -> dict[str, float]:
     values = np.asarray(values, dtype=np.float64)
-    return {"mean": float(values.mean()), "median": float(np.median(values)), "std": float(values.std(ddof=1)) if values.size > 1 else 0.0}
+    return {"mean": float(values.mean()), "median": float(np.median(values)),
+            "std": float(values.std(ddof=1)) if values.size > 1 else 0.0}
 
 
 def summarize(store: Path, labels: dict[str, str], reference: str, num_draws: int) -> dict[str, Any]:
@@ -111,9 +112,11 @@ def plot_results(store: Path, labels: dict[str, str], out: Path, title: str) -> 
             series[EPS_LABEL] = data[f"{EPS_RANDOM}.{metric}"].ravel()
             if metric != "kl":
                 series["clean"] = data[f"clean.{metric}"]
-            written.append(plot_distributions_log(series, out / f"{metric}_distribution.png", f"{title}: {metric}", METRIC_LABELS[metric]))
+            written.append(plot_distributions_log(series, out / f"{metric}_distribution.png", f"{title}: {metric}",
+                                                  METRIC_LABELS[metric]))
             by_position = {label: _mean_by_position(position, values, counts) for label, values in series.items()}
-            written.append(plot_by_position(by_position, out / f"{metric}_by_position.png", f"{title}: {metric} by position", METRIC_LABELS[metric]))
+            written.append(plot_by_position(by_position, out / f"{metric}_by_position.png",
+                                            f"{title}: {metric} by position", METRIC_LABELS[metric]))
     return written
 
 
@@ -135,17 +138,20 @@ def format_table(results: dict[str, Any], title: str, paper: str) -> str:
         f"{'CE next':>9}{'red.':>8}{'CE argmax':>11}{'red.':>8}",
     ]
     percent = lambda entry, key: f"{100 * entry[key]:.1f}%" if key in entry else "—"  # noqa: E731
-    for name, entry in results["conditions"].items():
+    for _name, entry in results["conditions"].items():
         t = entry["tests"].get("kl_reference_minus_condition", {}).get("paired", {}).get("t")
         lines.append(
             f"{entry['label']:<24}{entry['kl']['mean']:>9.4f}{entry['kl']['median']:>9.4f}"
-            f"{entry['kl_ratio_eps_random']:>8.2f}x{entry['kl_ratio_eps_own_norm']:>7.2f}x{percent(entry, 'kl_reduction'):>9}"
-            f"{'—' if t is None else f'{t:.1f}':>10}{entry['ce_next']['mean']:>9.3f}{percent(entry, 'ce_next_reduction'):>8}"
+            f"{entry['kl_ratio_eps_random']:>8.2f}x{entry['kl_ratio_eps_own_norm']:>7.2f}x"
+            f"{percent(entry, 'kl_reduction'):>9}"
+            f"{'—' if t is None else f'{t:.1f}':>10}{entry['ce_next']['mean']:>9.3f}"
+            f"{percent(entry, 'ce_next_reduction'):>8}"
             f"{entry['ce_argmax']['mean']:>11.3f}{percent(entry, 'ce_argmax_reduction'):>8}"
         )
     eps, clean = results[EPS_RANDOM], results["clean"]
     lines.append(f"{EPS_LABEL:<24}{eps['kl']['mean']:>9.4f}{eps['kl']['median']:>9.4f}{'':>35}{eps['ce_next']['mean']:>9.3f}"
                  f"{'':>8}{eps['ce_argmax']['mean']:>11.3f}")
-    lines.append(f"{'clean (unpatched)':<24}{'':>53}{clean['ce_next']['mean']:>9.3f}{'':>8}{clean['ce_argmax']['mean']:>11.3f}")
+    lines.append(f"{'clean (unpatched)':<24}{'':>53}{clean['ce_next']['mean']:>9.3f}{'':>8}"
+                 f"{clean['ce_argmax']['mean']:>11.3f}")
     lines.append(paper)
     return "\n".join(lines)

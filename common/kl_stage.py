@@ -45,7 +45,8 @@ class KLStage:
 def check_kl_settings(cfg: Any, checkpoint_layer: int, flag: str) -> None:
     """Bad numbers and a checkpoint from another layer, refused before anything is loaded or written."""
     if checkpoint_layer != cfg.layer:
-        raise UserError(f"{flag} was trained at layer {checkpoint_layer}, but --layer is {cfg.layer} (pass --layer {checkpoint_layer})")
+        raise UserError(f"{flag} was trained at layer {checkpoint_layer}, but --layer is {cfg.layer} "
+                        f"(pass --layer {checkpoint_layer})")
     for name in ("num_wiki_samples", "batch_size", "num_epsilon_samples"):
         if getattr(cfg, name) < 1:
             raise UserError(f"--{name} must be at least 1, got {getattr(cfg, name)}")
@@ -60,19 +61,21 @@ def run_kl_stage(cfg: Any, kl: KLStage) -> dict[str, Any]:
         require_same_lm(source, record)
     patch_layer = cfg.layer + kl.settings.layer_offset
     if patch_layer > lm.num_layers - 1:
-        raise UserError(f"--original_eval patches one block later, at layer {patch_layer}, but this {lm.num_layers}-block "
-                        f"model's last patchable layer is {lm.num_layers - 1}")
+        raise UserError(f"--original_eval patches one block later, at layer {patch_layer}, "
+                        f"but this {lm.num_layers}-block model's last patchable layer is {lm.num_layers - 1}")
     text = open_stream(cfg, lm, role="eval", files=cfg.eval_text_files).text
     indices = text.available(0, cfg.num_wiki_samples)
     evaluation = {
-        "original_eval": cfg.original_eval, **kl.settings.record(), "capture_layer": cfg.layer, "patch_layer": patch_layer,
+        "original_eval": cfg.original_eval, **kl.settings.record(), "capture_layer": cfg.layer,
+        "patch_layer": patch_layer,
         "text": text.source.description, "windows_requested": cfg.num_wiki_samples, "windows_used": len(indices),
         "window_tokens": cfg.window, "first_position": int(cfg.exclude_first_position),
         "precision_regime": rt.precision, "decode_path": rt.decode,
     }
     start_output_dir(out, cfg, record, kl.stage, {"evaluation": evaluation, **kl.extra})
     if len(indices) < cfg.num_wiki_samples:
-        log.info("the evaluation text has %d whole windows (fewer than --num_wiki_samples %d): all are used", len(indices), cfg.num_wiki_samples)
+        log.info("the evaluation text has %d whole windows (fewer than --num_wiki_samples %d): all are used",
+                 len(indices), cfg.num_wiki_samples)
 
     for module in kl.modules:
         module.to(rt.device).eval()
@@ -108,4 +111,5 @@ def run_kl_stage(cfg: Any, kl: KLStage) -> dict[str, Any]:
 def describe_settings(settings: EvalSettings, patch_layer: int) -> str:
     inputs = "z-scored" if settings.normalize else "raw"
     top_n = "all codes" if settings.top_n is None else f"top {settings.top_n}"
-    return f"{inputs} activations, K {settings.k}, NFM fed {top_n}, {settings.pooling} pooling, patched at layer {patch_layer}"
+    return (f"{inputs} activations, K {settings.k}, NFM fed {top_n}, {settings.pooling} pooling, "
+            f"patched at layer {patch_layer}")

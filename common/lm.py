@@ -65,7 +65,8 @@ class LoadedLM:
 def load_lm(
     name: str, device: torch.device, dtype: torch.dtype | None = None, trust_remote_code: bool = False
 ) -> LoadedLM:
-    """Load ``name`` (``TINY_MODEL``, ``SMOLLM2_GGUF``, a ``.gguf`` path, a hub id or a local folder) ready for inference."""
+    """Load ``name`` (``TINY_MODEL``, ``SMOLLM2_GGUF``, a ``.gguf`` path, a hub id or a local folder) ready for
+    inference."""
     start = time.perf_counter()
     if name == TINY_MODEL:
         model, tokenizer, model_id, fingerprint = _load_tiny(dtype)
@@ -97,7 +98,8 @@ def load_lm(
         adds_bos=bos is not None and len(ids) > 0 and ids[0] == bos,
         bos_token_id=bos,
     )
-    log.info("loaded %s (%s, %s) on %s in %.1f s", model_id, fingerprint[:20], loaded.dtype, device, time.perf_counter() - start)
+    log.info("loaded %s (%s, %s) on %s in %.1f s", model_id, fingerprint[:20], loaded.dtype, device,
+             time.perf_counter() - start)
     return loaded
 
 
@@ -105,7 +107,8 @@ def load_lm(
 
 
 def tiny_tokenizer_model() -> bytes:
-    """The tiny model's sentencepiece model file, trained on ``wiki.valid.raw`` (for checks against sentencepiece itself)."""
+    """The tiny model's sentencepiece model file, trained on ``wiki.valid.raw`` (for checks against sentencepiece
+    itself)."""
     folder = shared_wikitext_dir()
     if folder is None:
         raise UserError(
@@ -123,8 +126,8 @@ def _train_sentencepiece(text_file: str) -> bytes:
         lines = [line for line in f.read().split("\n") if line.strip()]
     buffer = io.BytesIO()
     spm.set_random_generator_seed(TINY_SEED)
-    # Llama's own settings (BPE, byte fallback, no normalization, split digits) at a vocab small enough to train in 0.1 s;
-    # one thread and the whole file (no sampling) make the bytes identical on every run.
+    # Llama's own settings (BPE, byte fallback, no normalization, split digits) at a vocab small enough to train in
+    # 0.1 s; one thread and the whole file (no sampling) make the bytes identical on every run.
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(lines),
         model_writer=buffer,
@@ -230,7 +233,8 @@ def _load_pretrained(
     is_local = folder.is_dir()
     if not is_local and (not _HUB_ID.fullmatch(name) or ".." in name or folder.exists()):
         raise UserError(f"cannot load model {name!r}: no such model folder, and not a Hugging Face hub id (org/name)")
-    # OpenLLaMA's authors advise the slow sentencepiece tokenizer (transformers 5 ignores the flag: it has only one kind).
+    # OpenLLaMA's authors advise the slow sentencepiece tokenizer (transformers 5 ignores the flag: it has only one
+    # kind).
     tokenizer_kwargs = {"use_fast": False} if "open_llama" in name.lower() else {}
     # On CUDA keep the LM in its own dtype (fp16 for OpenLLaMA, as the original); half precision is slow on the CPU.
     model_dtype = dtype or ("auto" if device.type == "cuda" else torch.float32)

@@ -18,7 +18,8 @@ class ReconstructionMetrics:
         self.active_count = 0.0
         self.ever_active = None if num_features is None else torch.zeros(num_features, dtype=torch.bool)
 
-    def update(self, x: Tensor, recon: Tensor, top_acts: Tensor | None = None, top_indices: Tensor | None = None) -> None:
+    def update(self, x: Tensor, recon: Tensor, top_acts: Tensor | None = None,
+               top_indices: Tensor | None = None) -> None:
         x, err = x.double(), (x - recon).double()
         sums = (x.sum(0), (x * x).sum(0), err.sum(0), (err * err).sum(0))
         if self.sum_x is None:

@@ -24,7 +24,8 @@ class SAECodes(NamedTuple):
     residual: Tensor  # (n, d) fp32, x - SAE_K(x) in normalized units
 
 
-def sae_codes(sae: TopKSAE, rows: Tensor, norm: NormStats, k: int, top_n: int, decode: str, batch_size: int) -> SAECodes:
+def sae_codes(sae: TopKSAE, rows: Tensor, norm: NormStats, k: int, top_n: int, decode: str,
+              batch_size: int) -> SAECodes:
     """Run the SAE at inference K on raw LM rows (n, d) and keep the top N codes.
 
     Always in fp32 and eval mode, whatever the training regime: the codes and the residual are the NFM's fixed data,

@@ -63,7 +63,8 @@ def analyse(decoder: LoadedDecoder, cfg: OrthoConfig) -> dict[str, Any]:
         "bimodality": bimodality(kept, cfg.seed),
         "moved_from_init": {"band": band, **moved_summary(kept, band)},
         "gram_offdiag": gram["raw"],
-        "cosine_offdiag": {**gram["cosine"], "random_directions_mean_abs": random_mean_abs_cosine(decoder.source["d_model"])},
+        "cosine_offdiag": {**gram["cosine"],
+                           "random_directions_mean_abs": random_mean_abs_cosine(decoder.source["d_model"])},
         "cosine_histogram": _nonempty_histogram(gram["cosine_histogram"]),
         "pca": {"original": _curve(original), "standard": _curve(standard)},
         "seconds": time.perf_counter() - started,
@@ -77,18 +78,34 @@ def format_table(results: dict[str, Any], threshold: float) -> str:
     per = [results["saes"][name] for name in names]
     rows = [
         ("", names),
-        (f"features kept (squared norm > {threshold:g}) / all", [f"{r['n_features']:,} / {r['source']['features']:,}" for r in per]),
-        ("squared norm: mean / median / mode", [f"{r['squared_norms']['mean']:.3f} / {r['squared_norms']['median']:.3f} / {r['squared_norms']['mode']:.3f}" for r in per]),
-        ("two-component mixture: means", [" / ".join(f"{m:.3f}" for m in r["bimodality"]["two_component"]["means"]) for r in per]),
-        ("                       weights", [" / ".join(f"{w:.2f}" for w in r["bimodality"]["two_component"]["weights"]) for r in per]),
-        ("bimodal (rule below); Ashman's D; Sarle's BC", [f"{'yes' if r['bimodality']['bimodal'] else 'no'}; {r['bimodality']['ashman_d']:.2f}; {r['bimodality']['sarle_bc']:.3f}" for r in per]),
-        ("barely moved from init / near init (rule below)", [f"{100 * r['moved_from_init']['fraction']:.1f}% / {100 * r['moved_from_init']['near_init_fraction']:.1f}%" for r in per]),
-        ("  their bands of squared norm", [f"{b['low']:.4f}-{b['high']:.4f} / {b['near_low']:.4f}-{b['near_high']:.4f}" for b in (r["moved_from_init"]["band"] for r in per)]),
-        ("mean |cos| off-diagonal (random directions)", [f"{r['cosine_offdiag']['mean_abs']:.4f} ({r['cosine_offdiag']['random_directions_mean_abs']:.4f})" for r in per]),
+        (f"features kept (squared norm > {threshold:g}) / all",
+         [f"{r['n_features']:,} / {r['source']['features']:,}" for r in per]),
+        ("squared norm: mean / median / mode",
+         [f"{r['squared_norms']['mean']:.3f} / {r['squared_norms']['median']:.3f} / {r['squared_norms']['mode']:.3f}"
+          for r in per]),
+        ("two-component mixture: means",
+         [" / ".join(f"{m:.3f}" for m in r["bimodality"]["two_component"]["means"]) for r in per]),
+        ("                       weights",
+         [" / ".join(f"{w:.2f}" for w in r["bimodality"]["two_component"]["weights"]) for r in per]),
+        ("bimodal (rule below); Ashman's D; Sarle's BC",
+         [f"{'yes' if r['bimodality']['bimodal'] else 'no'}; {r['bimodality']['ashman_d']:.2f}; "
+          f"{r['bimodality']['sarle_bc']:.3f}" for r in per]),
+        ("barely moved from init / near init (rule below)",
+         [f"{100 * r['moved_from_init']['fraction']:.1f}% / {100 * r['moved_from_init']['near_init_fraction']:.1f}%"
+          for r in per]),
+        ("  their bands of squared norm",
+         [f"{b['low']:.4f}-{b['high']:.4f} / {b['near_low']:.4f}-{b['near_high']:.4f}"
+          for b in (r["moved_from_init"]["band"] for r in per)]),
+        ("mean |cos| off-diagonal (random directions)",
+         [f"{r['cosine_offdiag']['mean_abs']:.4f} ({r['cosine_offdiag']['random_directions_mean_abs']:.4f})"
+          for r in per]),
         ("max |cos| off-diagonal", [f"{r['cosine_offdiag']['max_abs']:.3f}" for r in per]),
-        ("raw Gram off-diagonal: mean |.| / max |.|", [f"{r['gram_offdiag']['mean_abs']:.4f} / {r['gram_offdiag']['max_abs']:.3f}" for r in per]),
-        (f"PCA components for {VARIANCE_TARGET:.0%}, original (top-N sigma^2)", [f"{r['pca']['original']['components_90']} (N={r['pca']['original']['n_components']})" for r in per]),
-        (f"PCA components for {VARIANCE_TARGET:.0%}, standard (centred)", [f"{r['pca']['standard']['components_90']} of {len(r['pca']['standard']['cumulative'])}" for r in per]),
+        ("raw Gram off-diagonal: mean |.| / max |.|",
+         [f"{r['gram_offdiag']['mean_abs']:.4f} / {r['gram_offdiag']['max_abs']:.3f}" for r in per]),
+        (f"PCA components for {VARIANCE_TARGET:.0%}, original (top-N sigma^2)",
+         [f"{r['pca']['original']['components_90']} (N={r['pca']['original']['n_components']})" for r in per]),
+        (f"PCA components for {VARIANCE_TARGET:.0%}, standard (centred)",
+         [f"{r['pca']['standard']['components_90']} of {len(r['pca']['standard']['cumulative'])}" for r in per]),
     ]
     width = max(len(label) for label, _ in rows) + 2
     lines = ["Orthogonality of the decoders (METHOD §6)"]
@@ -104,15 +121,18 @@ def plot(results: dict[str, Any], plot_data: dict[str, dict], out: Path) -> None
     plot_histogram_panels(
         {name: data["squared_norms"] for name, data in plot_data.items()}, out / "squared_norms.png",
         "Squared decoder norms (dashed: two-component mixture means; init: d/(3F))", "squared norm",
-        vlines={name: {**{f"mixture mean {i + 1}": m for i, m in enumerate(entry["bimodality"]["two_component"]["means"])},
+        vlines={name: {**{f"mixture mean {i + 1}": m
+                          for i, m in enumerate(entry["bimodality"]["two_component"]["means"])},
                        "init": entry["moved_from_init"]["band"]["mean"]} for name, entry in saes.items()},
     )
     plot_cumulative_variance(
-        {f"{name}, {kind}": np.asarray(entry["pca"][kind]["cumulative"]) for name, entry in saes.items() for kind in ("original", "standard")},
+        {f"{name}, {kind}": np.asarray(entry["pca"][kind]["cumulative"])
+         for name, entry in saes.items() for kind in ("original", "standard")},
         out / "pca_cumulative.png", "Decoder PCA: original (uncentred, top N) vs standard (centred)",
         threshold=VARIANCE_TARGET,
     )
     plot_binned_histograms(
-        {name: (data["cosine_histogram"]["edges"], data["cosine_histogram"]["counts"]) for name, data in plot_data.items()},
+        {name: (data["cosine_histogram"]["edges"], data["cosine_histogram"]["counts"])
+         for name, data in plot_data.items()},
         out / "cosine_offdiag.png", "Off-diagonal cosine similarities of the decoder vectors", "cosine", log_y=True,
     )

@@ -96,7 +96,8 @@ class PatchingEvaluator:
             error_norms[name] = (recon - raw).norm(dim=-1)
         return patched, error_norms
 
-    def patches(self, raw: Tensor, error_norms: dict[str, Tensor], window_indices: list[int]) -> Iterator[tuple[str, Tensor]]:
+    def patches(self, raw: Tensor, error_norms: dict[str, Tensor],
+                window_indices: list[int]) -> Iterator[tuple[str, Tensor]]:
         """The ε-random patches, draw by draw: ``(series, patched residual)``.
 
         One unit vector per token and draw serves every condition's own-norm baseline (only the norm differs), so
@@ -136,7 +137,8 @@ class PatchingEvaluator:
 
         def measure(series: str, patched: Tensor) -> None:
             logits = self._logits(input_ids, patched)[:, kept]
-            for metric, values in next_token_metrics(clean_logprobs, logits, next_tokens, clean_argmax, clean_probs).items():
+            for metric, values in next_token_metrics(clean_logprobs, logits, next_tokens, clean_argmax,
+                                                     clean_probs).items():
                 columns.setdefault(f"{series}.{metric}", []).append(values)
 
         raw = residual.float()

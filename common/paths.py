@@ -9,7 +9,8 @@ WIKITEXT_FILES = {"train": "wiki.valid.raw", "eval": "wiki.test.raw"}
 
 
 def shared_wikitext_dir() -> Path | None:
-    """The offline WikiText folder: ``$WIKITEXT_DIR`` if set, else ``../shared/data/wikitext-103-raw`` beside the checkout."""
+    """The offline WikiText folder: ``$WIKITEXT_DIR`` if set, else ``../shared/data/wikitext-103-raw`` beside the
+    checkout."""
     env_dir = os.environ.get("WIKITEXT_DIR")
     candidates = [Path(env_dir)] if env_dir else []
     candidates.append(REPO_ROOT.parent / "shared" / "data" / "wikitext-103-raw")

@@ -48,6 +48,16 @@ def _save(fig: Figure, path: str | Path, title: str) -> Path:
     return path
 
 
+def _finish_counts(fig: Figure, ax: Axes, path: str | Path, title: str, xlabel: str, log_y: bool = False) -> Path:
+    """The common ending of a histogram: a log y axis on request, the axis labels, the legend, the file."""
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("count")
+    ax.legend()
+    return _save(fig, path, title)
+
+
 def _is_loss(key: str) -> bool:
     return "loss" in key or "mse" in key
 
@@ -96,12 +106,7 @@ def plot_histograms(
     # Line colours continue after the histograms' so a line is not read as belonging to one series.
     for i, (label, x) in enumerate((vlines or {}).items(), start=len(arrays)):
         ax.axvline(x, color=_color(i), linestyle="--", label=f"{label} = {x:.3g}")
-    if log_y:
-        ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("count")
-    ax.legend()
-    return _save(fig, path, title)
+    return _finish_counts(fig, ax, path, title, xlabel, log_y)
 
 
 def plot_histogram_panels(
@@ -112,7 +117,8 @@ def plot_histogram_panels(
     bins: int = 100,
     vlines: dict[str, dict[str, float]] | None = None,
 ) -> Path:
-    """One histogram panel per series, side by side, each on its own bins; ``vlines[name]`` marks lines in that panel."""
+    """One histogram panel per series, side by side, each on its own bins; ``vlines[name]`` marks lines in that
+    panel."""
     fig, axes = _figure(len(series))
     for ax, (name, values) in zip(axes, series.items()):
         values = np.asarray(values, dtype=np.float64).ravel()
@@ -149,15 +155,15 @@ def plot_binned_histograms(
             highs.append(edges[filled[-1] + 1])
     if lows:
         ax.set_xlim(min(lows), max(highs))
-    if log_y:
-        ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("count")
-    ax.legend()
-    return _save(fig, path, title)
+    return _finish_counts(fig, ax, path, title, xlabel, log_y)
 
 
-def plot_cumulative_variance(curves: dict[str, np.ndarray], path: str | Path, title: str, threshold: float = 0.9) -> Path:
+def plot_cumulative_variance(
+    curves: dict[str, np.ndarray],
+    path: str | Path,
+    title: str,
+    threshold: float = 0.9,
+) -> Path:
     """Cumulative explained-variance curves against the number of components, with the threshold crossing marked."""
     fig, (ax,) = _figure()
     for name, curve in curves.items():
@@ -219,14 +225,22 @@ def plot_box_by_group(groups: dict[str, dict[str, np.ndarray]], path: str | Path
     return _save(fig, path, title)
 
 
-def plot_distributions_log(values_by_condition: dict[str, np.ndarray], path: str | Path, title: str, xlabel: str, bins: int = 100) -> Path:
-    """Step histograms on log-spaced bins (KL/CE per measurement); values <= 0 cannot sit on a log axis and are left out."""
+def plot_distributions_log(
+    values_by_condition: dict[str, np.ndarray],
+    path: str | Path,
+    title: str,
+    xlabel: str,
+    bins: int = 100,
+) -> Path:
+    """Step histograms on log-spaced bins (KL/CE per measurement); values <= 0 cannot sit on a log axis and are left
+    out."""
     positive = {}
     for name, values in values_by_condition.items():
         values = np.asarray(values, dtype=np.float64).ravel()
         kept = values[values > 0]
         if kept.size < values.size:
-            logger.info("%s: %d of %d values <= 0 left out of the log-axis plot", name, values.size - kept.size, values.size)
+            logger.info("%s: %d of %d values <= 0 left out of the log-axis plot", name, values.size - kept.size,
+                        values.size)
         positive[name] = kept
     pooled = np.concatenate(list(positive.values()))
     edges = np.geomspace(pooled.min(), pooled.max(), bins + 1)
@@ -234,10 +248,7 @@ def plot_distributions_log(values_by_condition: dict[str, np.ndarray], path: str
     for name, values in positive.items():
         ax.hist(values, bins=edges, histtype="step", label=f"{name} (mean {values.mean():.3g})")
     ax.set_xscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("count")
-    ax.legend()
-    return _save(fig, path, title)
+    return _finish_counts(fig, ax, path, title, xlabel)
 
 
 def plot_by_position(means_by_condition: dict[str, np.ndarray], path: str | Path, title: str, ylabel: str) -> Path:

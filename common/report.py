@@ -58,6 +58,13 @@ def _kl(stage: str, cond: str, key: str) -> str:
     return f"{stage}:conditions.{cond}.{key}"
 
 
+def _reduces(section: str, name: str, paper: str, stage: str, condition: str, metric: str) -> Row:
+    """A KL or CE reduction against the reference, both evaluations, held to "reduction > 0 with paired p < 0.01"."""
+    test = metric.replace("_reduction", "_reference_minus_condition")
+    return Row(section, name, paper, _kl(stage, condition, metric), "pct", _kl(stage + "_original", condition, metric),
+               "reduction > 0 with paired p < 0.01", _above(stage, condition, test))
+
+
 def rows() -> list[Row]:
     seq, joint = "kl14", "kl18"
     reduces = "reduction > 0 with paired p < 0.01"
@@ -68,13 +75,16 @@ def rows() -> list[Row]:
         Row("Stage 1: TopK SAE", "active features (L0 / F)", "2.05%", "sae1:l0_fraction"),
         Row("Stage 1: TopK SAE", "dead features", "0%", "sae1:dead_fraction", rule="< 1%",
             check=lambda o, s: o["sae1"]["dead_fraction"] < 0.01),
-        Row("Stage 2: sequential NFM", "residual error reduction, train", "23.18%", "nfm:error_reduction_train", rule="> 0",
-            check=lambda o, s: o["nfm"]["error_reduction_train"] > 0),
-        Row("Stage 2: sequential NFM", "residual error reduction, validation", "23.43%", "nfm:error_reduction_val", rule="> 0",
-            check=lambda o, s: o["nfm"]["error_reduction_val"] > 0),
-        Row("Stage 2: sequential NFM", "residual MSE before → after, validation (before)", "0.3672", "nfm:residual_mse_before_val", "num"),
-        Row("Stage 2: sequential NFM", "residual MSE before → after, validation (after)", "0.2811", "nfm:residual_mse_after_val", "num"),
-        Row("Stage 2: sequential NFM", "linear share of mean |output|", "95.5%", "nfm:linear_share", rule="linear > interaction",
+        Row("Stage 2: sequential NFM", "residual error reduction, train", "23.18%", "nfm:error_reduction_train",
+            rule="> 0", check=lambda o, s: o["nfm"]["error_reduction_train"] > 0),
+        Row("Stage 2: sequential NFM", "residual error reduction, validation", "23.43%", "nfm:error_reduction_val",
+            rule="> 0", check=lambda o, s: o["nfm"]["error_reduction_val"] > 0),
+        Row("Stage 2: sequential NFM", "residual MSE before → after, validation (before)", "0.3672",
+            "nfm:residual_mse_before_val", "num"),
+        Row("Stage 2: sequential NFM", "residual MSE before → after, validation (after)", "0.2811",
+            "nfm:residual_mse_after_val", "num"),
+        Row("Stage 2: sequential NFM", "linear share of mean |output|", "95.5%", "nfm:linear_share",
+            rule="linear > interaction",
             check=lambda o, s: o["nfm"]["linear_share"] > o["nfm"]["interaction_share"]),
         Row("Stage 3: secondary SAE", "variance explained of the interaction vectors", "—", "sae2:variance_explained"),
         Row("Stage 5: joint", "joint reconstruction MSE (held out)", "0.162", "joint:joint_mse", "num"),
@@ -82,50 +92,52 @@ def rows() -> list[Row]:
         Row("Stage 5: joint", "improvement over its own SAE path", "41.3%", "joint:improvement",
             rule="joint improvement > sequential improvement (stage 2, validation)",
             check=lambda o, s: o["joint"]["improvement"] > o["nfm"]["error_reduction_val"]),
-        Row("Stage 5: joint", "improvement over the standalone stage-1 SAE", "—", "joint:improvement_vs_standalone", rule="> 0",
-            check=lambda o, s: o["joint"]["improvement_vs_standalone"] > 0),
-        Row("Stage 5: joint", "linear share of mean |output|", "94.0%", "joint:linear_share", rule="linear > interaction",
+        Row("Stage 5: joint", "improvement over the standalone stage-1 SAE", "—", "joint:improvement_vs_standalone",
+            rule="> 0", check=lambda o, s: o["joint"]["improvement_vs_standalone"] > 0),
+        Row("Stage 5: joint", "linear share of mean |output|", "94.0%", "joint:linear_share",
+            rule="linear > interaction",
             check=lambda o, s: o["joint"]["linear_share"] > o["joint"]["interaction_share"]),
-        Row("Stage 5: joint", "NFM linear share of parameters (paper's count)", "32.3%", "joint:parameters.paper_style.shares.nfm_linear",
-            rule="within 1 point of 32.3%", check=lambda o, s: abs(o["joint"]["parameters"]["paper_style"]["shares"]["nfm_linear"] - 0.323) < 0.01),
-        Row("Stage 5: joint", "embeddings share of parameters (paper's count)", "3% (with MLP)", "joint:parameters.paper_style.shares.nfm_embeddings"),
+        Row("Stage 5: joint", "NFM linear share of parameters (paper's count)", "32.3%",
+            "joint:parameters.paper_style.shares.nfm_linear", rule="within 1 point of 32.3%",
+            check=lambda o, s: abs(o["joint"]["parameters"]["paper_style"]["shares"]["nfm_linear"] - 0.323) < 0.01),
+        Row("Stage 5: joint", "embeddings share of parameters (paper's count)", "3% (with MLP)",
+            "joint:parameters.paper_style.shares.nfm_embeddings"),
         Row("KL, sequential (part14)", "SAE KL / ε-random KL", "2.99x", _kl(seq, "sae", "kl_ratio_eps_random"), "num",
             _kl(seq + "_original", "sae", "kl_ratio_eps_random"), "> 1 with paired p < 0.01 (SAE above ε-random)",
             _above(seq, "sae", "kl_vs_eps_random")),
-        Row("KL, sequential (part14)", "SAE + NFM KL / ε-random KL", "2.1x", _kl(seq, "sae_nfm", "kl_ratio_eps_random"), "num",
+        Row("KL, sequential (part14)", "SAE + NFM KL / ε-random KL", "2.1x",
+            _kl(seq, "sae_nfm", "kl_ratio_eps_random"), "num",
             _kl(seq + "_original", "sae_nfm", "kl_ratio_eps_random"), "below the SAE's ratio",
-            lambda o, s: o[seq + s]["conditions"]["sae_nfm"]["kl_ratio_eps_random"] < o[seq + s]["conditions"]["sae"]["kl_ratio_eps_random"]),
-        Row("KL, sequential (part14)", "KL reduction, SAE + full NFM", "29.8%", _kl(seq, "sae_nfm", "kl_reduction"), "pct",
-            _kl(seq + "_original", "sae_nfm", "kl_reduction"), reduces, _above(seq, "sae_nfm", "kl_reference_minus_condition")),
-        Row("KL, sequential (part14)", "KL reduction, SAE + NFM linear", "29.8%", _kl(seq, "sae_linear", "kl_reduction"), "pct",
-            _kl(seq + "_original", "sae_linear", "kl_reduction"), reduces, _above(seq, "sae_linear", "kl_reference_minus_condition")),
-        Row("KL, sequential (part14)", "KL reduction, SAE + NFM interaction", "0.9%", _kl(seq, "sae_interaction", "kl_reduction"), "pct",
+            lambda o, s: o[seq + s]["conditions"]["sae_nfm"]["kl_ratio_eps_random"]
+            < o[seq + s]["conditions"]["sae"]["kl_ratio_eps_random"]),
+        *[_reduces("KL, sequential (part14)", name, "29.8%", seq, condition, "kl_reduction") for name, condition in (
+            ("KL reduction, SAE + full NFM", "sae_nfm"), ("KL reduction, SAE + NFM linear", "sae_linear"))],
+        Row("KL, sequential (part14)", "KL reduction, SAE + NFM interaction", "0.9%",
+            _kl(seq, "sae_interaction", "kl_reduction"), "pct",
             _kl(seq + "_original", "sae_interaction", "kl_reduction"), "smaller than the linear reduction",
-            lambda o, s: o[seq + s]["conditions"]["sae_interaction"]["kl_reduction"] < o[seq + s]["conditions"]["sae_linear"]["kl_reduction"]),
-        Row("KL, sequential (part14)", "measurements", "17.8M", f"{seq}:measurements", "int", f"{seq}_original:measurements"),
-        Row("KL, joint (part18)", "joint SAE part KL / ε-random KL", "—", _kl(joint, "joint_sae", "kl_ratio_eps_random"), "num",
+            lambda o, s: o[seq + s]["conditions"]["sae_interaction"]["kl_reduction"]
+            < o[seq + s]["conditions"]["sae_linear"]["kl_reduction"]),
+        Row("KL, sequential (part14)", "measurements", "17.8M", f"{seq}:measurements", "int",
+            f"{seq}_original:measurements"),
+        Row("KL, joint (part18)", "joint SAE part KL / ε-random KL", "—",
+            _kl(joint, "joint_sae", "kl_ratio_eps_random"), "num",
             _kl(joint + "_original", "joint_sae", "kl_ratio_eps_random"), "> 1 with paired p < 0.01",
             _above(joint, "joint_sae", "kl_vs_eps_random")),
-        Row("KL, joint (part18)", "KL reduction, joint full", "51.9% (headline 51.6%)", _kl(joint, "joint_full", "kl_reduction"), "pct",
+        Row("KL, joint (part18)", "KL reduction, joint full", "51.9% (headline 51.6%)",
+            _kl(joint, "joint_full", "kl_reduction"), "pct",
             _kl(joint + "_original", "joint_full", "kl_reduction"),
             f"{reduces}, and above the sequential SAE + NFM reduction",
             lambda o, s: _above(joint, "joint_full", "kl_reference_minus_condition")(o, s)
-            and o[joint + s]["conditions"]["joint_full"]["kl_reduction"] > o[seq + s]["conditions"]["sae_nfm"]["kl_reduction"]),
-        Row("KL, joint (part18)", "KL reduction, joint linear only", "50.9%", _kl(joint, "joint_linear", "kl_reduction"), "pct",
-            _kl(joint + "_original", "joint_linear", "kl_reduction"), reduces, _above(joint, "joint_linear", "kl_reference_minus_condition")),
-        Row("KL, joint (part18)", "KL reduction, joint interaction only", "8.6%", _kl(joint, "joint_interaction", "kl_reduction"), "pct",
-            _kl(joint + "_original", "joint_interaction", "kl_reduction"), reduces,
-            _above(joint, "joint_interaction", "kl_reference_minus_condition")),
-        Row("KL, joint (part18)", "CE (next token) reduction, joint full", "26.2%", _kl(joint, "joint_full", "ce_next_reduction"), "pct",
-            _kl(joint + "_original", "joint_full", "ce_next_reduction"), reduces,
-            _above(joint, "joint_full", "ce_next_reference_minus_condition")),
-        Row("KL, joint (part18)", "CE (next token) reduction, joint linear only", "25.7%", _kl(joint, "joint_linear", "ce_next_reduction"), "pct",
-            _kl(joint + "_original", "joint_linear", "ce_next_reduction"), reduces,
-            _above(joint, "joint_linear", "ce_next_reference_minus_condition")),
-        Row("KL, joint (part18)", "CE (next token) reduction, joint interaction only", "4.2%",
-            _kl(joint, "joint_interaction", "ce_next_reduction"), "pct", _kl(joint + "_original", "joint_interaction", "ce_next_reduction"),
-            reduces, _above(joint, "joint_interaction", "ce_next_reference_minus_condition")),
-        Row("KL, joint (part18)", "measurements", "3.2M", f"{joint}:measurements", "int", f"{joint}_original:measurements"),
+            and o[joint + s]["conditions"]["joint_full"]["kl_reduction"]
+            > o[seq + s]["conditions"]["sae_nfm"]["kl_reduction"]),
+        *[_reduces("KL, joint (part18)", name, paper, joint, condition, metric) for name, paper, condition, metric in (
+            ("KL reduction, joint linear only", "50.9%", "joint_linear", "kl_reduction"),
+            ("KL reduction, joint interaction only", "8.6%", "joint_interaction", "kl_reduction"),
+            ("CE (next token) reduction, joint full", "26.2%", "joint_full", "ce_next_reduction"),
+            ("CE (next token) reduction, joint linear only", "25.7%", "joint_linear", "ce_next_reduction"),
+            ("CE (next token) reduction, joint interaction only", "4.2%", "joint_interaction", "ce_next_reduction"))],
+        Row("KL, joint (part18)", "measurements", "3.2M", f"{joint}:measurements", "int",
+            f"{joint}_original:measurements"),
         Row("Orthogonality (part16)", "PCA components for 90%, standalone (original definition)", "866",
             "ortho:saes.standalone.pca.original.components_90", "int"),
         Row("Orthogonality (part16)", "PCA components for 90%, joint (original definition)", "863",
@@ -137,31 +149,40 @@ def rows() -> list[Row]:
             "ortho:saes.joint.pca.standard.components_90", "int"),
         Row("Orthogonality (part16)", "mean |cosine| off the diagonal, standalone", "0.0147",
             "ortho:saes.standalone.cosine_offdiag.mean_abs", "num"),
-        Row("Orthogonality (part16)", "mean |cosine| off the diagonal, joint", "0.0148", "ortho:saes.joint.cosine_offdiag.mean_abs", "num",
+        Row("Orthogonality (part16)", "mean |cosine| off the diagonal, joint", "0.0148",
+            "ortho:saes.joint.cosine_offdiag.mean_abs", "num",
             rule="within 25% of random directions' mean |cosine|",
             check=lambda o, s: abs(o["ortho"]["saes"]["joint"]["cosine_offdiag"]["mean_abs"]
-                                   / o["ortho"]["saes"]["joint"]["cosine_offdiag"]["random_directions_mean_abs"] - 1) < 0.25),
-        Row("Squared norms (part16)", "standalone SAE bimodal", "no (unimodal, mean ≈0.395)", "ortho:saes.standalone.bimodality.bimodal",
-            "bool", rule="not bimodal by the mixture rule", check=lambda o, s: not o["ortho"]["saes"]["standalone"]["bimodality"]["bimodal"]),
+                                   / o["ortho"]["saes"]["joint"]["cosine_offdiag"]["random_directions_mean_abs"]
+                                   - 1) < 0.25),
+        Row("Squared norms (part16)", "standalone SAE bimodal", "no (unimodal, mean ≈0.395)",
+            "ortho:saes.standalone.bimodality.bimodal", "bool", rule="not bimodal by the mixture rule",
+            check=lambda o, s: not o["ortho"]["saes"]["standalone"]["bimodality"]["bimodal"]),
         Row("Squared norms (part16)", "joint SAE bimodal", "yes", "ortho:saes.joint.bimodality.bimodal", "bool",
-            rule="bimodal by the mixture rule", check=lambda o, s: o["ortho"]["saes"]["joint"]["bimodality"]["bimodal"]),
-        Row("Squared norms (part16)", "joint mixture: low mode mean", "≈0.05", "ortho:saes.joint.bimodality.two_component.means.0", "num"),
-        Row("Squared norms (part16)", "joint mixture: high mode mean", "≈0.37", "ortho:saes.joint.bimodality.two_component.means.1", "num"),
+            rule="bimodal by the mixture rule",
+            check=lambda o, s: o["ortho"]["saes"]["joint"]["bimodality"]["bimodal"]),
+        Row("Squared norms (part16)", "joint mixture: low mode mean", "≈0.05",
+            "ortho:saes.joint.bimodality.two_component.means.0", "num"),
+        Row("Squared norms (part16)", "joint mixture: high mode mean", "≈0.37",
+            "ortho:saes.joint.bimodality.two_component.means.1", "num"),
         *[Row("Bimodal shares (part17)", f"{share} share, squared norm {side}", paper,
               f"bimodal:shares.{share}.mean_{'low' if side == '< split' else 'high'}",
-              rule=(f"low {'>' if share != 'residual' else '<'} high with Student p < 0.01" if side == "≥ split" else ""),
-              check=(lambda o, s, share=share: (o["bimodal"]["shares"][share]["student"]["t"] > 0) == (share != "residual")
+              rule=(f"low {'>' if share != 'residual' else '<'} high with Student p < 0.01"
+                    if side == "≥ split" else ""),
+              check=(lambda o, s, share=share: (o["bimodal"]["shares"][share]["student"]["t"] > 0)
+                     == (share != "residual")
                      and o["bimodal"]["shares"][share]["student"]["p"] < ALPHA) if side == "≥ split" else None)
           for share, low, high in (("interaction", "82.8%", "71.3%"), ("linear", "33.1%", "29.0%"),
                                    ("nonlinear", "49.7%", "42.3%"), ("residual", "17.2%", "28.7%"))
           for side, paper in (("< split", low), ("≥ split", high))],
         *[Row("Bimodal shares (part17)", f"Spearman r, squared norm vs {share} share", paper,
               f"bimodal:spearman_vs_squared_norm.{share}.r", "num",
-              rule=f"{'negative' if paper.startswith('−') else 'positive'} with p < 0.01",
-              check=lambda o, s, share=share, sign=(-1 if paper.startswith("−") else 1):
+              rule=f"{'negative' if sign < 0 else 'positive'} with p < 0.01",
+              check=lambda o, s, share=share, sign=sign:
               sign * o["bimodal"]["spearman_vs_squared_norm"][share]["r"] > 0
               and o["bimodal"]["spearman_vs_squared_norm"][share]["p"] < ALPHA)
-          for share, paper in (("interaction", "−0.987"), ("linear", "−0.866"), ("nonlinear", "−0.922"), ("residual", "+0.987"))],
+          for share, paper, sign in (("interaction", "−0.987", -1), ("linear", "−0.866", -1),
+                                     ("nonlinear", "−0.922", -1), ("residual", "+0.987", 1))],
     ]
 
 
@@ -192,7 +213,8 @@ def evaluate_rows(outputs: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _hardware() -> str:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, {gpu}; torch {torch.__version__}"
+    return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, {gpu}; "
+            f"torch {torch.__version__}")
 
 
 def write_report(out_dir: Path, args: dict[str, Any], timings: dict[str, dict]) -> Path:
@@ -204,7 +226,8 @@ def write_report(out_dir: Path, args: dict[str, Any], timings: dict[str, dict]) 
     sae1 = load_json(out_dir / "sae1" / "config.json") if (out_dir / "sae1" / "config.json").is_file() else {}
     header = {
         "preset": args.get("preset"),
-        "model_id": sae1.get("model_id"), "model_fingerprint": sae1.get("model_fingerprint"), "layer": sae1.get("layer"),
+        "model_id": sae1.get("model_id"), "model_fingerprint": sae1.get("model_fingerprint"),
+        "layer": sae1.get("layer"),
         "training_text": sae1.get("data", {}).get("text"),
         "evaluation_text": outputs.get("kl14", {}).get("evaluation", {}).get("text"),
         "stage1_rows": {k: sae1.get("data", {}).get(k) for k in ("train_rows", "val_rows")},
@@ -227,20 +250,24 @@ def _markdown(header: dict, table: list[dict], out_dir: Path) -> str:
             value = ", ".join(f"{k} {v:.0f} s" for k, v in value.items()) + f" (total {total / 60:.1f} min)"
         lines.append(f"- **{key.replace('_', ' ')}**: {value}")
     lines += ["", "Values are read from each stage's output file (`source`); fractions are shown as percents.",
-              "\"this run\" evaluates every model as it was trained; \"original eval\" is `--original_eval` (METHOD §4).",
-              "\"holds\" applies the written rule to this run's value (and to the original evaluation where there is one).", ""]
+              "\"this run\" evaluates every model as it was trained; "
+              "\"original eval\" is `--original_eval` (METHOD §4).",
+              "\"holds\" applies the written rule to this run's value "
+              "(and to the original evaluation where there is one).", ""]
     section = None
     for row in table:
         if row["section"] != section:
             section = row["section"]
             lines += ["", f"## {section}", "",
-                      "| figure | paper | this run | original eval | rule | holds | source |", "|---|---|---|---|---|---|---|"]
+                      "| figure | paper | this run | original eval | rule | holds | source |",
+                      "|---|---|---|---|---|---|---|"]
         original = _fmt(row["original_value"], row["kind"]) if "original_value" in row else ""
         holds = "" if "holds" not in row else ("yes" if row["holds"] else "**no**")
         if "holds_original" in row:
             holds += f" / {'yes' if row['holds_original'] else '**no**'}"
-        lines.append(f"| {row['name'].replace('|', chr(92) + '|')} | {row['paper']} | {_fmt(row['value'], row['kind'])} | {original} | {row['rule']} | "
-                     f"{holds} | `{row['source']}` |")
+        lines.append(f"| {row['name'].replace('|', chr(92) + '|')} | {row['paper']} "
+                     f"| {_fmt(row['value'], row['kind'])} | {original} | {row['rule']} "
+                     f"| {holds} | `{row['source']}` |")
     lines += ["", "## Figures", ""]
     for png in sorted(out_dir.glob("*/*.png")):
         lines.append(f"![{png.parent.name}/{png.name}]({png.relative_to(out_dir).as_posix()})")

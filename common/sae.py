@@ -129,7 +129,8 @@ class SparseTopKSAE(torch.autograd.Function):
             acts, grad_recon = top_acts.to(dtype), grad_recon.to(dtype)
             with torch.enable_grad():  # ∂recon[b]/∂acts[b, k] = W_dec[idx[b, k]]: the bag's per-sample-weight gradient
                 leaf_acts = acts.detach().requires_grad_()
-                gathered = F.embedding_bag(top_indices, decoder_weight.detach(), per_sample_weights=leaf_acts, mode="sum")
+                gathered = F.embedding_bag(top_indices, decoder_weight.detach(), per_sample_weights=leaf_acts,
+                                           mode="sum")
             decoder_dots = torch.autograd.grad(gathered, leaf_acts, grad_recon)[0]  # (B, K)
             grad_pre = (grad_acts.to(dtype) + decoder_dots) * (acts > 0)  # ReLU passes only positive codes
             grad_x = grad_encoder = grad_bias = grad_decoder = None
@@ -146,7 +147,8 @@ class SparseTopKSAE(torch.autograd.Function):
                 if ctx.needs_input_grad[3]:
                     grad_decoder = bag_weight_grad(top_indices, decoder_weight, acts, grad_recon)
             if ctx.needs_input_grad[2]:
-                grad_bias = grad_pre.new_zeros(encoder_weight.shape[0]).index_add_(0, top_indices.flatten(), grad_pre.flatten())
+                grad_bias = grad_pre.new_zeros(encoder_weight.shape[0]).index_add_(0, top_indices.flatten(),
+                                                                                   grad_pre.flatten())
         return grad_x, grad_encoder, grad_bias, grad_decoder, None
 
 

@@ -63,6 +63,6 @@ class SAETrainingStage(TrainedStage):
                 "evaluated_rows": final["rows"]}
 
     def print_table(self, metrics: dict[str, Any], out: Path) -> None:
-        print(f"{self.stage_label} done: variance explained {metrics['variance_explained']:.4f}, MSE {metrics['mse']:.4f}, "
-              f"L0 {metrics['l0']:.1f} ({100 * metrics['l0_fraction']:.2f}%), dead {100 * metrics['dead_fraction']:.2f}% "
-              f"-> {out}")
+        print(f"{self.stage_label} done: variance explained {metrics['variance_explained']:.4f}, "
+              f"MSE {metrics['mse']:.4f}, L0 {metrics['l0']:.1f} ({100 * metrics['l0_fraction']:.2f}%), "
+              f"dead {100 * metrics['dead_fraction']:.2f}% -> {out}")

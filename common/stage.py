@@ -61,7 +61,8 @@ def release(lm: LoadedLM) -> None:
 
 
 def model_record(lm: LoadedLM, layer: int) -> dict[str, Any]:
-    return {"model_id": lm.model_id, "model_fingerprint": lm.fingerprint, "layer": layer, "d_model": lm.d_model, "lm_dtype": str(lm.dtype)}
+    return {"model_id": lm.model_id, "model_fingerprint": lm.fingerprint, "layer": layer, "d_model": lm.d_model,
+            "lm_dtype": str(lm.dtype)}
 
 
 def check_output_dir(path: str | Path, resume: bool, overwrite: bool) -> Path:
@@ -75,7 +76,8 @@ def check_output_dir(path: str | Path, resume: bool, overwrite: bool) -> Path:
     return out
 
 
-def start_output_dir(out: Path, cfg: Any, record: dict[str, Any], stage: str, extra: dict[str, Any] | None = None) -> dict:
+def start_output_dir(out: Path, cfg: Any, record: dict[str, Any], stage: str,
+                     extra: dict[str, Any] | None = None) -> dict:
     """Write ``config.json`` (or, on resume, check that the run's settings did not change)."""
     config = {
         "stage": stage,

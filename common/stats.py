@@ -63,7 +63,8 @@ def bimodality(values: np.ndarray, seed: int = 0) -> dict:
             "weights": weights.tolist(),
             "bic": bic_two,
         },
-        "one_component": {"mean": float(one.means_.ravel()[0]), "std": float(np.sqrt(one.covariances_.ravel()[0])), "bic": bic_one},
+        "one_component": {"mean": float(one.means_.ravel()[0]), "std": float(np.sqrt(one.covariances_.ravel()[0])),
+                          "bic": bic_one},
         "delta_bic": bic_one - bic_two,
         "ashman_d": ashman_d,
         "sarle_bc": sarle,
@@ -80,7 +81,8 @@ def describe(values: np.ndarray, bins: int = MODE_BINS) -> dict:
     """
     x = np.asarray(values, dtype=np.float64).ravel()
     if x.size == 0:
-        return {"count": 0, "mean": None, "median": None, "std": None, "min": None, "max": None, "mode": None, "mode_bins": bins}
+        return {"count": 0, "mean": None, "median": None, "std": None, "min": None, "max": None, "mode": None,
+                "mode_bins": bins}
     summary = stats.describe(x)
     counts, edges = np.histogram(x, bins=bins)
     fullest = int(np.argmax(counts))
@@ -142,13 +144,15 @@ def spearman(x: np.ndarray, y: np.ndarray) -> dict:
     return {"n": int(np.size(x)), "r": float(result.statistic), "p": float(result.pvalue)}
 
 
-def pathway_shares(decoder_norms: np.ndarray, linear_norms: np.ndarray, nonlinear_norms: np.ndarray) -> dict[str, np.ndarray]:
+def pathway_shares(decoder_norms: np.ndarray, linear_norms: np.ndarray,
+                   nonlinear_norms: np.ndarray) -> dict[str, np.ndarray]:
     """Per-feature share of each pathway's norm in their sum (METHOD §7).
 
     Returns arrays ``residual``, ``linear``, ``nonlinear`` and ``interaction`` (linear + nonlinear,
     the paper's "interaction-pathway share", = 1 − residual by construction).
     """
-    residual, linear, nonlinear = (np.asarray(v, dtype=np.float64) for v in (decoder_norms, linear_norms, nonlinear_norms))
+    residual, linear, nonlinear = (np.asarray(v, dtype=np.float64)
+                                   for v in (decoder_norms, linear_norms, nonlinear_norms))
     total = residual + linear + nonlinear
     shares = {"residual": residual / total, "linear": linear / total, "nonlinear": nonlinear / total}
     shares["interaction"] = shares["linear"] + shares["nonlinear"]

@@ -25,7 +25,8 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     """Linear decay from 1 to ``final_lr_fraction``, then flat."""
     decay_steps = cfg.original_decay_steps if cfg.schedule == "original" else int(cfg.decay_fraction * cfg.train_steps)
     if cfg.schedule not in ("paper", "original") or decay_steps is None:
-        raise UserError(f"--schedule must be 'paper' or 'original' (the latter needs its decay step count), got {cfg.schedule!r}")
+        raise UserError("--schedule must be 'paper' or 'original' (the latter needs its decay step count), "
+                        f"got {cfg.schedule!r}")
     if decay_steps <= 0 or step >= decay_steps:
         return cfg.final_lr_fraction
     return 1.0 - (1.0 - cfg.final_lr_fraction) * step / decay_steps
@@ -170,7 +171,8 @@ class Trainer:
             if self.step % self.cfg.log_every == 0 or self.step == self.end_step:
                 entry = {name: float(total) / running_steps for name, total in running.items()}
                 if not all(math.isfinite(v) for v in entry.values()):
-                    raise UserError(f"training diverged at step {self.step} (non-finite loss); try --precision fp32 or a lower --lr")
+                    raise UserError(f"training diverged at step {self.step} (non-finite loss); "
+                                    "try --precision fp32 or a lower --lr")
                 self.history["train"].append({"step": self.step, "lr": self.scheduler.get_last_lr()[0], **entry})
                 bar.set_postfix(loss=f"{entry['loss']:.4g}")
                 running, running_steps = {}, 0

@@ -3,4 +3,6 @@
 $ErrorActionPreference = "Stop"
 $env:HF_HUB_OFFLINE = "1"
 $env:HF_DATASETS_OFFLINE = "1"
+.\.venv\Scripts\ruff.exe check .
+if ($LASTEXITCODE -ne 0) { exit $LASTEXITCODE }
 .\.venv\Scripts\python.exe -m pytest -q

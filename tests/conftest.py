@@ -56,13 +56,14 @@ def tiny_nfm_dir(tiny_stage1_dir: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture(scope="session")
-def tiny_joint_run(tiny_stage1_dir: Path, tiny_nfm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+def tiny_joint_run(tiny_stage1_dir: Path, tiny_nfm_dir: Path,
+                   tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """A finished stage-5 (joint) directory of the tiny preset and its metrics, compared with ``tiny_nfm_dir``."""
     from part15_joint_SAENFM import main
 
     out = tmp_path_factory.mktemp("tiny_joint") / "joint"
-    metrics = main(["--preset", "tiny", "--sae1_model_path", str(tiny_stage1_dir), "--nfm_model_path", str(tiny_nfm_dir),
-                    "--checkpoint_dir", str(out)])
+    metrics = main(["--preset", "tiny", "--sae1_model_path", str(tiny_stage1_dir),
+                    "--nfm_model_path", str(tiny_nfm_dir), "--checkpoint_dir", str(out)])
     return out, metrics
 
 

@@ -32,7 +32,8 @@ def _write_stage(folder: Path, stage: str, module: torch.nn.Module, d_model: int
     atomic_save_safetensors(module.state_dict(), folder / WEIGHTS_FILE)
     NormStats(torch.zeros(d_model), torch.ones(d_model)).save(folder / NORM_STATS_FILE)
     atomic_save_json({"stage": stage, "format_version": 1, "model_id": "constructed", "model_fingerprint": "test",
-                      "layer": 2, "d_model": d_model, "config": config, "norm_stats_file": NORM_STATS_FILE}, folder / CONFIG_FILE)
+                      "layer": 2, "d_model": d_model, "config": config, "norm_stats_file": NORM_STATS_FILE},
+                     folder / CONFIG_FILE)
     atomic_save_json({}, folder / METRICS_FILE)
     return folder
 
@@ -50,7 +51,8 @@ def write_joint(folder: Path, W_dec: torch.Tensor, linear: torch.Tensor, embeddi
     joint.sae.W_dec.data.copy_(W_dec)
     joint.nfm.linear_weight.data.copy_(linear)
     joint.nfm.embeddings.data.copy_(embeddings)
-    config = {"features": features, "k": 20, "tied": True, "nfm_k": embeddings.shape[1], "top_n_features": 10, "dropout": 0.15}
+    config = {"features": features, "k": 20, "tied": True, "nfm_k": embeddings.shape[1], "top_n_features": 10,
+              "dropout": 0.15}
     return _write_stage(folder, "joint", joint, d_model, config)
 
 
@@ -65,7 +67,8 @@ def _rows_with_norms(norms: torch.Tensor, d: int, generator: torch.Generator) ->
 
 @pytest.fixture(scope="module")
 def joint_weights() -> dict[str, torch.Tensor]:
-    """Decoder rows: N_INIT left at TopKSAE's init, N_LOW_MOVED squared norms in [0.04, 0.08], N_HIGH ~ N(0.37, 0.04)."""
+    """Decoder rows: N_INIT left at TopKSAE's init, N_LOW_MOVED squared norms in [0.04, 0.08], N_HIGH ~ N(0.37,
+    0.04)."""
     g = torch.Generator().manual_seed(0)
     untouched = TopKSAE(D, F, 20).W_dec.detach()[:N_INIT]
     low_sq = torch.linspace(0.04, 0.08, N_LOW_MOVED, dtype=torch.float64)
@@ -94,7 +97,8 @@ def dirs(tmp_path_factory, joint_weights) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def ortho_run(dirs) -> dict:
     out = dirs["root"] / "part16"
-    return part16.main(["--preset", "tiny", "--sae1_model_path", str(dirs["unimodal"]), "--sae2_model_path", str(dirs["joint"]),
+    return part16.main(["--preset", "tiny", "--sae1_model_path", str(dirs["unimodal"]),
+                        "--sae2_model_path", str(dirs["joint"]),
                         "--sae1_name", "stage1", "--sae2_name", "joint", "--output_dir", str(out)])
 
 
@@ -108,7 +112,8 @@ def orthogonal_run(dirs) -> dict:
 @pytest.fixture(scope="module")
 def bimodal_run(dirs, ortho_run) -> dict:
     return part17.main(["--preset", "tiny", "--split", "0.2", "--joint_model_path", str(dirs["joint"]),
-                        "--orthogonality_dir", str(dirs["root"] / "part16"), "--output_dir", str(dirs["root"] / "part17")])
+                        "--orthogonality_dir", str(dirs["root"] / "part16"),
+                        "--output_dir", str(dirs["root"] / "part17")])
 
 
 def test_initial_norm_band_matches_the_default_init():
@@ -152,7 +157,8 @@ def test_part16_writes_results_and_figures(ortho_run, dirs):
     saved = json.loads((out / RESULTS_FILE).read_text())
     assert saved["analysis"] == "orthogonality" and list(saved["saes"]) == ["stage1", "joint"]
     entry = saved["saes"]["joint"]
-    for key in ("squared_norms", "bimodality", "moved_from_init", "gram_offdiag", "cosine_offdiag", "cosine_histogram", "pca"):
+    for key in ("squared_norms", "bimodality", "moved_from_init", "gram_offdiag", "cosine_offdiag", "cosine_histogram",
+                "pca"):
         assert key in entry
     assert sum(entry["cosine_histogram"]["counts"]) == F * (F - 1)
     assert len(entry["cosine_histogram"]["edges"]) == len(entry["cosine_histogram"]["counts"]) + 1
@@ -175,12 +181,15 @@ def test_part17_shares_tests_and_correlations(bimodal_run, joint_weights):
 
     for name, share in shares.items():
         entry = bimodal_run["shares"][name]
-        assert entry["mean_low"] == pytest.approx(share[low].mean()) and entry["mean_high"] == pytest.approx(share[~low].mean())
+        assert (entry["mean_low"] == pytest.approx(share[low].mean())
+                and entry["mean_high"] == pytest.approx(share[~low].mean()))
         assert entry["student"]["t"] == pytest.approx(stats.ttest_ind(share[low], share[~low]).statistic)
         assert entry["welch"]["t"] == pytest.approx(stats.ttest_ind(share[low], share[~low], equal_var=False).statistic)
-        assert bimodal_run["spearman_vs_squared_norm"][name]["r"] == pytest.approx(stats.spearmanr(squared, share).statistic)
+        assert (bimodal_run["spearman_vs_squared_norm"][name]["r"]
+                == pytest.approx(stats.spearmanr(squared, share).statistic))
     for side in ("mean_low", "mean_high"):
-        assert sum(bimodal_run["shares"][name][side] for name in ("residual", "linear", "nonlinear")) == pytest.approx(1.0)
+        assert (sum(bimodal_run["shares"][name][side] for name in ("residual", "linear", "nonlinear"))
+                == pytest.approx(1.0))
     r = bimodal_run["spearman_vs_squared_norm"]
     assert r["interaction"]["r"] == pytest.approx(-r["residual"]["r"])
     raw = bimodal_run["spearman_raw_norms_vs_squared_norm"]
@@ -198,7 +207,8 @@ def test_part17_barely_moved_and_mixture_fit(bimodal_run, ortho_run, dirs, joint
     assert groups["low"]["moved_from_init"]["fraction"] == pytest.approx(N_INIT / (N_INIT + N_LOW_MOVED))
     assert groups["high"]["moved_from_init"]["count"] == 0
     fit = bimodal_run["mixture_fit"]
-    assert fit["sae_name"] == "joint" and fit["two_component"] == ortho_run["saes"]["joint"]["bimodality"]["two_component"]
+    assert (fit["sae_name"] == "joint"
+            and fit["two_component"] == ortho_run["saes"]["joint"]["bimodality"]["two_component"])
     out = dirs["root"] / "part17"
     saved = json.loads((out / RESULTS_FILE).read_text())
     assert saved["analysis"] == "bimodal" and saved["split"] == 0.2
@@ -209,14 +219,15 @@ def test_part17_barely_moved_and_mixture_fit(bimodal_run, ortho_run, dirs, joint
 
 def test_part17_table_has_the_papers_rows(bimodal_run):
     table = bimodal.format_table(bimodal_run)
-    for text in ("82.8 / 71.3", "33.1 / 29.0", "49.7 / 42.3", "17.2 / 28.7", "-0.987", "barely moved", "two-component mixture"):
+    for text in ("82.8 / 71.3", "33.1 / 29.0", "49.7 / 42.3", "17.2 / 28.7", "-0.987", "barely moved",
+                 "two-component mixture"):
         assert text in table
 
 
 def test_both_scripts_on_tiny_checkpoints(tiny_stage1_dir, tiny_joint_dir, tmp_path):
     joint_dir = tiny_joint_dir
-    ortho = part16.main(["--preset", "tiny", "--sae1_model_path", str(tiny_stage1_dir), "--sae2_model_path", str(joint_dir),
-                         "--output_dir", str(tmp_path / "part16")])
+    ortho = part16.main(["--preset", "tiny", "--sae1_model_path", str(tiny_stage1_dir),
+                         "--sae2_model_path", str(joint_dir), "--output_dir", str(tmp_path / "part16")])
     for entry in ortho["saes"].values():
         assert entry["n_features"] + entry["n_dropped"] == entry["source"]["features"]
         assert 0 < entry["cosine_offdiag"]["mean_abs"] <= entry["cosine_offdiag"]["max_abs"] <= 1
@@ -224,8 +235,10 @@ def test_both_scripts_on_tiny_checkpoints(tiny_stage1_dir, tiny_joint_dir, tmp_p
         assert sum(entry["bimodality"]["two_component"]["weights"]) == pytest.approx(1.0)
 
     joint, _, _ = load_joint(joint_dir)
-    split = float(np.median(joint.sae.W_dec.detach().double().square().sum(dim=1).numpy()))  # both groups, whatever training did
-    bimodal = part17.main(["--preset", "tiny", "--joint_model_path", str(joint_dir), "--orthogonality_dir", str(tmp_path / "part16"),
+    # both groups, whatever training did
+    split = float(np.median(joint.sae.W_dec.detach().double().square().sum(dim=1).numpy()))
+    bimodal = part17.main(["--preset", "tiny", "--joint_model_path", str(joint_dir),
+                           "--orthogonality_dir", str(tmp_path / "part16"),
                            "--split", str(split), "--output_dir", str(tmp_path / "part17")])
     groups = bimodal["groups"]
     assert groups["low"]["squared_norm"]["count"] + groups["high"]["squared_norm"]["count"] == bimodal["n_features"]
@@ -238,11 +251,15 @@ def test_part16_bad_inputs(dirs, tmp_path):
     out = tmp_path / "out"
     base = ["--output_dir", str(out)]
     cases = [
-        (["--sae1_model_path", str(tmp_path / "missing"), "--sae2_model_path", str(dirs["joint"])], "not a finished checkpoint"),
+        (["--sae1_model_path", str(tmp_path / "missing"), "--sae2_model_path", str(dirs["joint"])],
+         "not a finished checkpoint"),
         (["--sae1_model_path", str(dirs["unimodal"]), "--sae2_model_path", str(dirs["narrow"])], "different widths"),
-        (["--sae1_model_path", str(dirs["unimodal"]), "--sae2_model_path", str(dirs["joint"]), "--sae2_name", "standalone"], "different names"),
-        (["--sae1_model_path", str(dirs["unimodal"]), "--sae2_model_path", str(dirs["joint"]), "--threshold", "-1"], "--threshold"),
-        (["--sae1_model_path", str(dirs["unimodal"]), "--sae2_model_path", str(dirs["joint"]), "--threshold", "10"], "only 0 features"),
+        (["--sae1_model_path", str(dirs["unimodal"]), "--sae2_model_path", str(dirs["joint"]),
+          "--sae2_name", "standalone"], "different names"),
+        (["--sae1_model_path", str(dirs["unimodal"]), "--sae2_model_path", str(dirs["joint"]), "--threshold", "-1"],
+         "--threshold"),
+        (["--sae1_model_path", str(dirs["unimodal"]), "--sae2_model_path", str(dirs["joint"]), "--threshold", "10"],
+         "only 0 features"),
     ]
     for args, message in cases:
         with pytest.raises(UserError, match=message):
@@ -264,15 +281,18 @@ def test_part17_bad_inputs(dirs, ortho_run, orthogonal_run, tmp_path):
         (["--joint_model_path", str(dirs["unimodal"]), "--orthogonality_dir", ortho], "holds a 'sae1' checkpoint"),
         (["--joint_model_path", str(dirs["joint"]), "--orthogonality_dir", str(tmp_path)], "no results.json"),
         (["--joint_model_path", str(dirs["joint"]), "--orthogonality_dir", str(other)], "not this --joint_model_path"),
-        (["--joint_model_path", str(dirs["joint"]), "--orthogonality_dir", ortho, "--split", "5"], "leaves 1000 features below and 0"),
-        (["--joint_model_path", str(dirs["joint"]), "--orthogonality_dir", ortho, "--split", "0.001"], "leaves 0 features below"),
+        (["--joint_model_path", str(dirs["joint"]), "--orthogonality_dir", ortho, "--split", "5"],
+         "leaves 1000 features below and 0"),
+        (["--joint_model_path", str(dirs["joint"]), "--orthogonality_dir", ortho, "--split", "0.001"],
+         "leaves 0 features below"),
     ]
     for args, message in cases:
         with pytest.raises(UserError, match=message):
             part17.main(args + ["--output_dir", str(out)])
         assert not out.exists()
     with pytest.raises(UserError, match="also an input"):
-        part17.main(["--joint_model_path", str(dirs["joint"]), "--orthogonality_dir", ortho, "--output_dir", ortho, "--overwrite"])
+        part17.main(["--joint_model_path", str(dirs["joint"]), "--orthogonality_dir", ortho, "--output_dir", ortho,
+                     "--overwrite"])
 
 
 def test_part17_wrong_analysis_folder_exits_2_with_one_line(dirs, bimodal_run, tmp_path):
@@ -283,5 +303,6 @@ def test_part17_wrong_analysis_folder_exits_2_with_one_line(dirs, bimodal_run, t
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"error: --orthogonality_dir {dirs['root'] / 'part17'}: holds the results of 'bimodal', expected 'orthogonality'"]
+        f"error: --orthogonality_dir {dirs['root'] / 'part17'}: "
+        "holds the results of 'bimodal', expected 'orthogonality'"]
     assert not (tmp_path / "out").exists()

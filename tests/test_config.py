@@ -29,7 +29,8 @@ def test_training_flags_show_their_help(capsys):
         parse_config("sae1", "stage 1", ["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--lr LR Adam learning rate (paper: 0.0001)" in text
-    assert "--stop_at_step STOP_AT_STEP stop here (the paper's run stopped at about 200k of 500k planned) (paper: 200000)" in text
+    assert ("--stop_at_step STOP_AT_STEP stop here (the paper's run stopped at about 200k of 500k planned) "
+            "(paper: 200000)") in text
 
 
 def test_renamed_flags_keep_their_old_spelling():
@@ -42,4 +43,5 @@ def test_values_come_from_flag_then_stage_then_common_then_paper():
     cfg = parse_config("sae1", "", ["--preset", "cpu", "--val_every", "7"])
     assert (cfg.val_every, cfg.checkpoint_every, cfg.k, cfg.norm_rows) == (7, 200, 184, 10_000)
     paper = parse_config("joint", "", [])
-    assert (paper.k, paper.features, paper.nfm_embed_dim, paper.batch_size, paper.top_n_features) == (1024, 50_000, 300, 64, 512)
+    assert ((paper.k, paper.features, paper.nfm_embed_dim, paper.batch_size, paper.top_n_features)
+            == (1024, 50_000, 300, 64, 512))

@@ -11,8 +11,17 @@ import torch
 
 import part2d_residual_NFM_streaming as part2d
 from common.activations import NORM_STATS_FILE, NormStats
-from common.checkpoint import (CONFIG_FILE, FORMAT_VERSION, METRICS_FILE, WEIGHTS_FILE, atomic_save_json,
-                               atomic_save_safetensors, load_json, load_weights, read_stage)
+from common.checkpoint import (
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    METRICS_FILE,
+    WEIGHTS_FILE,
+    atomic_save_json,
+    atomic_save_safetensors,
+    load_json,
+    load_weights,
+    read_stage,
+)
 from common.joint import JointSAENFM
 from common.loading import load_joint, load_nfm, load_sae
 from common.nfm import NFM
@@ -42,7 +51,8 @@ def same_weights(module: torch.nn.Module, folder: Path, prefix: str = "") -> boo
 
 def test_version_1_directories_load_through_the_model_classes(tmp_path: Path):
     torch.manual_seed(0)
-    # The shapes of the tiny preset, read off the recorded configs by hand: F 1,000, d 64, K 20, k 6, top 10; sae2 150 x 6.
+    # The shapes of the tiny preset, read off the recorded configs by hand: F 1,000, d 64, K 20, k 6, top 10;
+    # sae2 150 x 6.
     sae1 = old_dir(tmp_path, "sae1", TopKSAE(64, 1000, 20))
     nfm = old_dir(tmp_path, "nfm", NFM(1000, 64, 6))
     sae2 = old_dir(tmp_path, "sae2", TopKSAE(6, 150, 3))

@@ -42,7 +42,8 @@ def test_orthogonal_rows_have_zero_offdiagonals():
 @pytest.mark.parametrize("block_size", [1, 5, 7, 37, 4096])
 def test_blocked_stats_equal_full_matrix(block_size):
     rng = np.random.default_rng(1)
-    V = rng.normal(size=(37, 16)) * rng.uniform(0.2, 2.0, size=(37, 1)) + 0.3  # a shared offset makes the means non-zero
+    # a shared offset makes the means non-zero
+    V = rng.normal(size=(37, 16)) * rng.uniform(0.2, 2.0, size=(37, 1)) + 0.3
     with_invalid = np.vstack([V[:10], np.zeros((1, 16)), V[10:], np.full((1, 16), 1e-5)])
     result = gram_offdiag_stats(torch.from_numpy(with_invalid), block_size=block_size)
 

@@ -61,7 +61,8 @@ def test_run_from_layer_equals_full_forward(tiny_lm: LoadedLM) -> None:
     hidden_states, logits = full_forward(tiny_lm, ids)
     for layer in range(1, tiny_lm.num_layers):
         # Same kernels, same order: transformers 5.24 gives bit-identical logits (MACHINES.md: 5.17 too).
-        torch.testing.assert_close(run_from_layer(tiny_lm.model, hidden_states[layer], layer), logits, rtol=0, atol=1e-6)
+        torch.testing.assert_close(run_from_layer(tiny_lm.model, hidden_states[layer], layer), logits,
+                                   rtol=0, atol=1e-6)
 
 
 def test_run_from_layer_is_causal(tiny_lm: LoadedLM) -> None:
@@ -102,7 +103,7 @@ def test_patch_equals_running_from_the_patched_residual(tiny_lm: LoadedLM) -> No
     _, clean = full_forward(tiny_lm, ids)
     for layer in range(1, tiny_lm.num_layers):
         delta = 0.5 * torch.randn(ids.shape + (tiny_lm.d_model,), generator=torch.Generator().manual_seed(layer))
-        with patch_layer(tiny_lm.model, layer, lambda h: h + delta):
+        with patch_layer(tiny_lm.model, layer, lambda h, delta=delta: h + delta):
             _, patched = full_forward(tiny_lm, ids)
         assert not torch.allclose(patched, clean)
         expected = run_from_layer(tiny_lm.model, capture_layer(tiny_lm.model, ids, layer) + delta, layer)

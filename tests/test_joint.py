@@ -58,7 +58,8 @@ def run_path(joint: JointSAENFM, x: torch.Tensor, decode: str | None, seed: int 
     torch.manual_seed(seed)  # dropout is the only random draw: the same mask on every path
     out = joint_reference(joint, x) if decode is None else joint(x, decode=decode)
     # every output in the loss, weighted differently so that no gradient cancels another
-    loss = (out.recon - x).square().mean() + out.sae_recon.square().mean() + out.linear.pow(3).mean() + out.interaction.square().mean()
+    loss = ((out.recon - x).square().mean() + out.sae_recon.square().mean() + out.linear.pow(3).mean()
+            + out.interaction.square().mean())
     loss.backward()
     return out, {name: p.grad.detach().clone() for name, p in joint.named_parameters()}
 
@@ -112,7 +113,8 @@ def test_faithful_fp16_runs(decode: str):
 
 
 def test_parameter_counts_at_the_papers_shapes():
-    paper = with_shares(paper_parameter_counts(PAPER_SHAPES["d_model"], PAPER_SHAPES["num_features"], PAPER_SHAPES["embed_dim"]))
+    paper = with_shares(paper_parameter_counts(PAPER_SHAPES["d_model"], PAPER_SHAPES["num_features"],
+                                               PAPER_SHAPES["embed_dim"]))
     assert paper["total"] == 496_106_700
     assert paper["counts"]["sae_encoder"] + paper["counts"]["sae_decoder"] == 320_050_000
     assert paper["counts"]["nfm_linear"] == 160_003_200 and round(100 * paper["shares"]["nfm_linear"], 1) == 32.3
@@ -147,7 +149,8 @@ def test_tiny_run_learns_and_reports(tiny_joint_run):
     assert train[-1]["loss"] < 0.7 * train[0]["loss"]
     assert 0.0 < metrics["improvement"] < 1.0
     assert metrics["improvement"] == pytest.approx(1 - metrics["joint_mse"] / metrics["sae_part_mse"])
-    assert metrics["improvement_vs_standalone"] == pytest.approx(1 - metrics["joint_mse"] / metrics["standalone_sae_mse"])
+    assert (metrics["improvement_vs_standalone"]
+            == pytest.approx(1 - metrics["joint_mse"] / metrics["standalone_sae_mse"]))
     assert metrics["linear_share"] + metrics["interaction_share"] == pytest.approx(1.0)
     config = load_json(out / CONFIG_FILE)
     assert config["stage"] == "joint" and config["precision_regime"] == metrics["precision_regime"] == "fp32"
@@ -159,7 +162,8 @@ def test_tiny_run_learns_and_reports(tiny_joint_run):
 
 
 def test_sequential_comparison_reads_stage_2(tiny_joint_run, tiny_nfm_dir: Path):
-    assert tiny_joint_run[1]["sequential_improvement_val"] == load_json(tiny_nfm_dir / METRICS_FILE)["error_reduction_val"]
+    assert (tiny_joint_run[1]["sequential_improvement_val"]
+            == load_json(tiny_nfm_dir / METRICS_FILE)["error_reduction_val"])
 
 
 def test_parts_load_separately_and_the_sae_loads_as_stage_1(tiny_joint_run, tiny_stage1_dir: Path):

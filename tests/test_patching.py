@@ -78,7 +78,8 @@ def test_identity_patch_gives_zero_kl_and_unchanged_ce(tiny_lm: LoadedLM) -> Non
 def test_shared_prefix_equals_full_forward_with_a_patch_hook(tiny_lm: LoadedLM) -> None:
     ids = random_ids(tiny_lm, seed=3)
     shared = PatchingEvaluator(tiny_lm.model, LAYER, scaled, "same", 2, seed=5).evaluate(ids, [4, 5, 6])
-    whole = PatchingEvaluator(tiny_lm.model, LAYER, scaled, "same", 2, seed=5, shared_prefix=False).evaluate(ids, [4, 5, 6])
+    whole = PatchingEvaluator(tiny_lm.model, LAYER, scaled, "same", 2, seed=5,
+                              shared_prefix=False).evaluate(ids, [4, 5, 6])
     assert shared.keys() == whole.keys()
     for name in shared:
         np.testing.assert_allclose(shared[name], whole[name], rtol=1e-5, atol=1e-6, err_msg=name)
@@ -101,7 +102,8 @@ def test_epsilon_perturbations_have_exactly_the_intended_norm(tiny_lm: LoadedLM)
     norm64 = torch.rand(4, 6, generator=generator, dtype=torch.float64) * 5
     unit = random_unit_vectors(raw64.shape, generator).double()
     torch.testing.assert_close(unit.norm(dim=-1), torch.ones(4, 6, dtype=torch.float64), rtol=1e-6, atol=0)
-    torch.testing.assert_close((epsilon_perturb(raw64, norm64, unit) - raw64).norm(dim=-1), norm64 * unit.norm(dim=-1), rtol=1e-12, atol=0)
+    torch.testing.assert_close((epsilon_perturb(raw64, norm64, unit) - raw64).norm(dim=-1), norm64 * unit.norm(dim=-1),
+                               rtol=1e-12, atol=0)
 
     evaluator = PatchingEvaluator(tiny_lm.model, LAYER, scaled, "scaled", num_epsilon_samples=3, seed=1)
     raw = capture_layer(tiny_lm.model, random_ids(tiny_lm), LAYER).float()
@@ -185,7 +187,8 @@ def test_trained_settings_normalize_and_use_the_recorded_k_and_top_n(sequential_
     sae_recon = sae_reference(sae, x, 8)
     torch.testing.assert_close(out["sae_nfm"], norm.denormalize(sae_recon + reference.total), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out["sae_linear"], norm.denormalize(sae_recon + reference.linear), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(out["sae_interaction"], norm.denormalize(sae_recon + reference.interaction), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out["sae_interaction"], norm.denormalize(sae_recon + reference.interaction),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_original_eval_feeds_raw_activations_all_codes_and_the_plain_sum(sequential_models, monkeypatch) -> None:
@@ -221,7 +224,8 @@ def test_joint_conditions_trained_and_original(monkeypatch) -> None:
     whole = joint(norm.normalize(raw))
     torch.testing.assert_close(trained["joint_full"], norm.denormalize(whole.recon), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(trained["joint_sae"], norm.denormalize(whole.sae_recon), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(trained["joint_linear"], norm.denormalize(whole.sae_recon + whole.linear), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(trained["joint_linear"], norm.denormalize(whole.sae_recon + whole.linear),
+                               rtol=1e-5, atol=1e-5)
 
 
 # ---- results.json figures on a small fixed example ---------------------------------------------
@@ -286,8 +290,11 @@ def test_ratios_reductions_and_tests_match_a_hand_computation(tmp_path) -> None:
     test = sae["tests"]["kl_vs_eps_random"]
     assert test["paired"]["t"] == pytest.approx(stats.ttest_rel(columns["sae.kl"], eps.mean(1)).statistic, rel=1e-12)
     assert test["paired"]["p"] == pytest.approx(stats.ttest_rel(columns["sae.kl"], eps.mean(1)).pvalue, rel=1e-12)
-    assert test["independent"]["t"] == pytest.approx(stats.ttest_ind(columns["sae.kl"], eps.ravel()).statistic, rel=1e-12)
+    assert test["independent"]["t"] == pytest.approx(stats.ttest_ind(columns["sae.kl"], eps.ravel()).statistic,
+                                                     rel=1e-12)
     versus_sae = nfm["tests"]["kl_reference_minus_condition"]
-    assert versus_sae["paired"]["t"] == pytest.approx(stats.ttest_rel(columns["sae.kl"], columns["sae_nfm.kl"]).statistic, rel=1e-12)
-    assert versus_sae["independent"]["t"] == pytest.approx(stats.ttest_ind(columns["sae.kl"], columns["sae_nfm.kl"]).statistic, rel=1e-12)
+    assert versus_sae["paired"]["t"] == pytest.approx(
+        stats.ttest_rel(columns["sae.kl"], columns["sae_nfm.kl"]).statistic, rel=1e-12)
+    assert versus_sae["independent"]["t"] == pytest.approx(
+        stats.ttest_ind(columns["sae.kl"], columns["sae_nfm.kl"]).statistic, rel=1e-12)
     assert versus_sae["paired"]["t"] > 0

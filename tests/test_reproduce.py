@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "reproduce.py"), "--preset", "tiny", "--output_dir", str(out), *extra],
+    return subprocess.run([sys.executable, str(ROOT / "reproduce.py"), "--preset", "tiny", "--output_dir", str(out),
+                           *extra],
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 

@@ -33,7 +33,8 @@ def test_two_population_sample_is_bimodal():
 
 @pytest.mark.parametrize(
     "draw",
-    [lambda rng: rng.normal(0.4, 0.05, 4000), lambda rng: rng.lognormal(-1.0, 0.5, 4000), lambda rng: rng.lognormal(-1.0, 1.0, 4000)],
+    [lambda rng: rng.normal(0.4, 0.05, 4000), lambda rng: rng.lognormal(-1.0, 0.5, 4000),
+     lambda rng: rng.lognormal(-1.0, 1.0, 4000)],
     ids=["normal", "lognormal-0.5", "lognormal-1.0"],
 )
 def test_one_population_is_not_bimodal(draw):
@@ -124,20 +125,30 @@ def test_every_plot_writes_a_png(tmp_path):
     rng = np.random.default_rng(RNG_SEED)
     history = {
         "train": [{"step": s, "loss": 1.0 / (s + 1), "lr": 1e-3} for s in range(0, 100, 10)],
-        "val": [{"step": s, "mse": 0.5 / (s + 1), "variance_explained": 0.9, "loss": 1.2 / (s + 1)} for s in (0, 50, 99)],
+        "val": [{"step": s, "mse": 0.5 / (s + 1), "variance_explained": 0.9, "loss": 1.2 / (s + 1)}
+                for s in (0, 50, 99)],
     }
     norms = {"stage-1": rng.normal(0.4, 0.05, 500), "joint": rng.normal(0.2, 0.1, 500)}
     counts, edges = np.histogram(rng.normal(0, 0.02, 1000), bins=np.linspace(-1, 1, 2001))
     x = rng.uniform(0, 0.6, 300)
     written = [
         plots.plot_training_history(history, tmp_path / "nested" / "history.png", "history"),
-        plots.plot_histograms(norms, tmp_path / "hist.png", "norms", "squared norm", log_y=True, vlines={"mode 1": 0.05, "mode 2": 0.37}),
+        plots.plot_histograms(norms, tmp_path / "hist.png", "norms", "squared norm", log_y=True,
+                              vlines={"mode 1": 0.05, "mode 2": 0.37}),
         plots.plot_binned_histograms({"stage-1": (edges, counts)}, tmp_path / "cos.png", "cosines", "cosine"),
-        plots.plot_cumulative_variance({"exact": np.linspace(0.1, 1, 50), "original": np.sqrt(np.linspace(0.01, 1, 50))}, tmp_path / "pca.png", "pca"),
-        plots.plot_scatter(x, {"residual": x, "linear": 1 - x}, tmp_path / "scatter.png", "shares", "squared norm", "share", vline=0.2),
-        plots.plot_box_by_group({"low": {"residual": x[:100], "linear": x[100:]}, "high": {"residual": x[50:], "linear": x}}, tmp_path / "box.png", "box"),
-        plots.plot_distributions_log({"SAE": rng.lognormal(size=300), "ε-random": np.append(rng.lognormal(size=300), 0.0)}, tmp_path / "kl.png", "KL", "KL"),
-        plots.plot_by_position({"SAE": rng.uniform(size=127), "SAE+NFM": rng.uniform(size=127)}, tmp_path / "pos.png", "KL by position", "KL"),
+        plots.plot_cumulative_variance({"exact": np.linspace(0.1, 1, 50),
+                                        "original": np.sqrt(np.linspace(0.01, 1, 50))},
+                                       tmp_path / "pca.png", "pca"),
+        plots.plot_scatter(x, {"residual": x, "linear": 1 - x}, tmp_path / "scatter.png", "shares", "squared norm",
+                           "share", vline=0.2),
+        plots.plot_box_by_group({"low": {"residual": x[:100], "linear": x[100:]},
+                                 "high": {"residual": x[50:], "linear": x}},
+                                tmp_path / "box.png", "box"),
+        plots.plot_distributions_log({"SAE": rng.lognormal(size=300),
+                                      "ε-random": np.append(rng.lognormal(size=300), 0.0)},
+                                     tmp_path / "kl.png", "KL", "KL"),
+        plots.plot_by_position({"SAE": rng.uniform(size=127), "SAE+NFM": rng.uniform(size=127)}, tmp_path / "pos.png",
+                               "KL by position", "KL"),
     ]
     for path in written:
         _assert_png(path)
