@@ -10,14 +10,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from common.analysis import check_analysis_output, load_decoder, run_record
+from common.analysis import load_decoder, run_record
 from common.checkpoint import write_results
 from common.cli import run_cli
-from common.config import parse_config
+from common.config import input_paths, parse_config
 from common.device import resolve_device
 from common.errors import UserError
 from common.geometry import squared_norms
 from common.orthogonality import ANALYSIS, MIN_FEATURES, analyse, format_table, plot
+from common.outputs import OutputDir
 
 log = logging.getLogger("part16")
 
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if kept < MIN_FEATURES:
             raise UserError(f"{flag}: only {kept} features have squared norm > --threshold {cfg.threshold:g} "
                             f"(need {MIN_FEATURES})")
-    out = check_analysis_output(cfg.output_dir, cfg.overwrite, [cfg.sae1_model_path, cfg.sae2_model_path])
+    out = OutputDir(cfg.output_dir, overwrite=cfg.overwrite, inputs=input_paths(cfg))
 
     saes, plot_data = {}, {}
     for decoder in decoders:
@@ -50,8 +51,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         saes[decoder.name] = analyse(decoder, cfg)
         plot_data[decoder.name] = saes[decoder.name].pop("_plot")
     results = {**run_record(cfg, ANALYSIS), "threshold": cfg.threshold, "saes": saes}
-    plot(results, plot_data, out)
-    write_results(out, results)
+    with out.writing(clear=cfg.overwrite):
+        plot(results, plot_data, out.path)
+        write_results(out.path, results)
     print(format_table(results, cfg.threshold))
     return results
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from common.analysis import check_analysis_output, initial_norm_band, read_results, run_record, source_record
+from common.analysis import initial_norm_band, read_results, run_record, source_record
 from common.bimodal import (
     ANALYSIS,
     CONSTRUCTION_NOTE,
@@ -25,9 +25,10 @@ from common.bimodal import (
 )
 from common.checkpoint import write_results
 from common.cli import run_cli
-from common.config import parse_config
+from common.config import input_paths, parse_config
 from common.errors import UserError
 from common.loading import load_joint
+from common.outputs import OutputDir
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise UserError(f"--joint_model_path: only {int(valid.sum())} features have squared norm > --threshold "
                         f"{cfg.threshold:g}")
     low = check_split(norms["decoder"][valid] ** 2, cfg.split)
-    out = check_analysis_output(cfg.output_dir, cfg.overwrite, [cfg.joint_model_path, cfg.orthogonality_dir])
+    out = OutputDir(cfg.output_dir, overwrite=cfg.overwrite, inputs=input_paths(cfg))
 
     band = initial_norm_band(source["d_model"], source["features"])
     analysis = analyse(norms, valid, low, band)
@@ -66,8 +67,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "mixture_fit": {"from": str(Path(cfg.orthogonality_dir).resolve()), "sae_name": fit_name,
                         **fit_entry["bimodality"]},
     }
-    plot(results, plot_data, out)
-    write_results(out, results)
+    with out.writing(clear=cfg.overwrite):
+        plot(results, plot_data, out.path)
+        write_results(out.path, results)
     print(format_table(results))
     return results
 

@@ -18,15 +18,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.checkpoint import atomic_save_json, load_json
 from common.cli import run_cli
 from common.config import PRESETS
 from common.errors import UserError
+from common.outputs import OutputDir
 from common.report import write_report
+from common.run_records import RunRecord, stage_identity
 
 log = logging.getLogger("reproduce")
 ROOT = Path(__file__).resolve().parent
-RUN_RECORDS = "reproduce_records"
 
 
 @dataclass(frozen=True)
@@ -90,31 +90,29 @@ def stage_argv(stage: Stage, args: argparse.Namespace, out_dir: Path) -> list[st
     return argv
 
 
-def run_stage(stage: Stage, argv: list[str], out_dir: Path) -> dict:
+def run_stage(stage: Stage, argv: list[str], out_dir: Path, text_files: list[str]) -> dict:
     """Run one stage in its own process (a crash cannot take earlier outputs with it); skip it if already done."""
     stage_out = out_dir / stage.name
-    record_path = out_dir / RUN_RECORDS / f"{stage.name}.json"  # outside the stage dir, which the script guards
-    previous = load_json(record_path) if record_path.is_file() else None
-    if previous and previous["argv"] == argv and (stage_out / stage.done_file).is_file():
+    input_dirs = [Path(value) for value in stage.inputs(out_dir)[1::2]]
+    record = RunRecord(out_dir, stage.name, stage_identity(argv, out_dir, text_files, input_dirs), argv)
+    if record.same_run and (stage_out / stage.done_file).is_file():
         log.info("%s: already complete, skipped", stage.name)
-        return {**previous, "skipped": True}
+        return {**record.previous, "skipped": True}
     extra: list[str] = []
     if stage_out.is_dir() and any(stage_out.iterdir()):
-        same_settings = previous is not None and previous["argv"] == argv
-        extra = ["--resume"] if same_settings and stage.resumable else ["--overwrite"]
+        extra = ["--resume"] if record.same_run and stage.resumable else ["--overwrite"]
     log.info("%s: python %s %s", stage.name, stage.script, " ".join(argv + extra))
     # Recorded before the run, so that a run killed part-way is resumed (not overwritten) the next time.
-    earlier = previous["seconds"] if previous and extra == ["--resume"] else 0.0
-    atomic_save_json({"argv": argv, "script": stage.script, "seconds": earlier}, record_path)
+    earlier = record.previous["seconds"] if extra == ["--resume"] else 0.0
+    record.write(stage.script, earlier)
     started = time.perf_counter()
     result = subprocess.run([sys.executable, str(ROOT / stage.script), *argv, *extra], cwd=ROOT)
     # A resumed stage reports the wall time of all its attempts.
-    record = {"argv": argv, "script": stage.script, "seconds": earlier + time.perf_counter() - started}
-    atomic_save_json(record, record_path)
+    written = record.write(stage.script, earlier + time.perf_counter() - started)
     if result.returncode != 0:
         raise UserError(f"stage {stage.name} ({stage.script}) failed with exit code {result.returncode}; "
                         f"earlier stages' outputs in {out_dir} are intact, re-run the same command to continue")
-    return {**record, "skipped": False}
+    return {**written, "skipped": False}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -136,13 +134,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.cache is None:
         args.cache = args.preset != "paper"
     out_dir = Path(args.output_dir or f"runs/{args.preset}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    timings = {}
-    for stage in STAGES:
-        if args.stages and stage.name not in args.stages:
-            continue
-        timings[stage.name] = run_stage(stage, stage_argv(stage, args, out_dir), out_dir)
-    report = write_report(out_dir, vars(args), timings)
+    text_files = [*(args.text_files or []), *(args.eval_text_files or [])]
+    with OutputDir(out_dir, resume=True).writing():  # one reproduce.py per run folder at a time
+        timings = {}
+        for stage in STAGES:
+            if args.stages and stage.name not in args.stages:
+                continue
+            timings[stage.name] = run_stage(stage, stage_argv(stage, args, out_dir), out_dir, text_files)
+        report = write_report(out_dir, vars(args), timings)
     print(f"report: {report}")
 
 

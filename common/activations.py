@@ -7,11 +7,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from common.checkpoint import atomic_save_json, atomic_save_safetensors
+from common.checkpoint import (
+    REWRITE_HINT,
+    atomic_save_json,
+    atomic_save_safetensors,
+    load_tensors,
+    load_tensors_with_metadata,
+)
 from common.data import WindowedText, is_validation_window
 from common.errors import UserError
 from common.hooks import capture_layer
@@ -50,9 +55,10 @@ class NormStats:
 
     @classmethod
     def load(cls, path: Path) -> NormStats:
-        if not Path(path).is_file():
-            raise UserError(f"normalization stats not found: {path}")
-        tensors = load_file(str(path))
+        tensors = load_tensors(path)
+        mean, std = tensors.get("mean"), tensors.get("std")
+        if set(tensors) != {"mean", "std"} or mean.shape != std.shape or mean.ndim != 1:
+            raise UserError(f"{path} does not hold normalization stats (a mean and a std of one width): {REWRITE_HINT}")
         return cls(tensors["mean"], tensors["std"])
 
 
@@ -66,8 +72,11 @@ def flatten_positions(window_acts: Tensor, exclude_first_position: bool) -> Tens
 class ActivationStream:
     """Activations of windows of one text at one layer, harvested on demand, each window at most once.
 
-    With ``cache_dir`` every window is kept on disk in shards of ``SHARD_WINDOWS`` windows (LM dtype), keyed by
-    model fingerprint, layer, window length and text, so later stages and re-runs read instead of re-running the LM.
+    With ``cache_dir`` every window is kept on disk in shards of ``SHARD_WINDOWS`` windows (LM dtype) under a folder
+    named by a key over everything the activations depend on: the model's and the tokenizer's fingerprints, the layer,
+    the window length and BOS rule, the dtype and the text's content (never its file name alone). Each shard records
+    that key and its windows, and both are checked when it is read back, so later stages and re-runs read instead of
+    re-running the LM and a cache can never hand over another text's activations.
     """
 
     def __init__(
@@ -94,6 +103,8 @@ class ActivationStream:
             "window": self.text.window,
             "bos": self.text.bos_token_id is not None,
             "text": self.text.source.description,
+            "text_identity": self.text.source.identity,
+            "tokenizer_fingerprint": self.lm.tokenizer_fingerprint,
             "dtype": str(self.lm.dtype),
         }
 
@@ -121,13 +132,30 @@ class ActivationStream:
 
     def _shard(self, shard: int) -> dict[int, Tensor]:
         path = self.cache / f"shard_{shard:06d}.safetensors"
+        indices = self.text.available(shard * SHARD_WINDOWS, (shard + 1) * SHARD_WINDOWS)
         if path.is_file():
-            tensors = load_file(str(path))
+            tensors, metadata = load_tensors_with_metadata(path)
+            self._check_shard(path, tensors, metadata, indices)
         else:
-            indices = self.text.available(shard * SHARD_WINDOWS, (shard + 1) * SHARD_WINDOWS)
             tensors = {"acts": self._harvest(indices), "indices": torch.tensor(indices, dtype=torch.int64)}
-            atomic_save_safetensors(tensors, path)
+            atomic_save_safetensors(tensors, path, metadata={"key": self.key()})
         return {int(i): a for i, a in zip(tensors["indices"], tensors["acts"])}
+
+    def _check_shard(self, path: Path, tensors: dict[str, Tensor], metadata: dict[str, str],
+                     indices: list[int]) -> None:
+        """A shard must hold exactly this key's activations of these windows, in the LM's shape and dtype."""
+        expected = (len(indices), self.text.window, self.lm.d_model)
+        acts, recorded = tensors.get("acts"), tensors.get("indices")
+        problem = None
+        if metadata.get("key") != self.key():
+            problem = "it was written for other settings or another text"
+        elif acts is None or recorded is None or recorded.tolist() != indices:
+            problem = f"it does not hold windows {indices[0]}-{indices[-1]}" if indices else "it holds windows"
+        elif tuple(acts.shape) != expected or acts.dtype != self.lm.dtype:
+            problem = f"its activations are {tuple(acts.shape)} {acts.dtype}, expected {expected} {self.lm.dtype}"
+        if problem:
+            raise UserError(f"cache shard {path} does not match this run ({problem}): delete {self.cache} to harvest "
+                            "it again")
 
     def windows(self, indices: list[int]) -> Tensor:
         """Activations of the given (existing) windows, (n, T, d)."""

@@ -14,7 +14,6 @@ from torch import Tensor
 from common.checkpoint import RESULTS_FILE, git_commit, load_json, weights_sha256
 from common.errors import UserError
 from common.loading import StageInput, load_sae
-from common.stage import check_output_dir
 
 INIT_BAND_SIGMAS = 4.0
 NEAR_INIT_TOLERANCE = 0.25
@@ -93,15 +92,6 @@ def moved_summary(squared_norms: np.ndarray, band: dict[str, Any]) -> dict[str, 
     moved, near = int(barely_moved(squared_norms, band).sum()), int(near_init(squared_norms, band).sum())
     return {"count": moved, "fraction": moved / n if n else None,
             "near_init_count": near, "near_init_fraction": near / n if n else None}
-
-
-def check_analysis_output(path: str | Path, overwrite: bool, inputs: list[str | Path]) -> Path:
-    """Refuse an output folder that holds a run (unless ``overwrite``) or that is one of the analysis's inputs."""
-    out = check_output_dir(path, resume=False, overwrite=overwrite)
-    for given in inputs:
-        if Path(given).resolve() == out.resolve():
-            raise UserError(f"--output_dir {out} is also an input of this analysis: choose another folder")
-    return out
 
 
 def run_record(cfg: Any, analysis: str) -> dict[str, Any]:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import errno
 import hashlib
 import json
 import os
 import subprocess
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -21,7 +23,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 
 from common.errors import UserError
@@ -41,23 +44,45 @@ MODEL_KEY = "model"
 # ---- atomic writes -----------------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write through a temp file in the same folder, then rename: a kill never leaves a half-written file."""
+# A test sets this to a file name: every atomic write of that name then pauses between writing its temp file and the
+# rename (announced by a ".paused-<name>" file beside it), so that the test can kill the process at that moment.
+PAUSE_WRITE_ENV = "FEATURE_INTEGRATION_PAUSE_WRITE"
+FULL_DISK_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Write through a temp file in the same folder, then rename: a kill never leaves a half-written file, and a
+    failed write (a full disk) leaves the previous file as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes the file private; the result gets the usual permissions
     try:
         write(tmp)
+        _pause_for_tests(path)
         os.replace(tmp, path)
+    except OSError as err:
+        if err.errno in FULL_DISK_ERRNOS:
+            raise UserError(f"cannot write {path}: {os.strerror(err.errno)}; the previous {path.name} is intact: free "
+                            "space and re-run with --resume") from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
+def _pause_for_tests(path: Path) -> None:
+    if os.environ.get(PAUSE_WRITE_ENV) == path.name:
+        (path.parent / f".paused-{path.name}").touch()
+        time.sleep(60)
+
+
 def atomic_save_safetensors(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     contiguous = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
-    _atomic_write(path, lambda tmp: save_file(contiguous, tmp, metadata=metadata))
+    atomic_write(path, lambda tmp: save_file(contiguous, tmp, metadata=metadata))
 
 
 def atomic_save_json(obj: Any, path: Path) -> None:
@@ -66,11 +91,11 @@ def atomic_save_json(obj: Any, path: Path) -> None:
             json.dump(obj, handle, indent=2, sort_keys=False)
             handle.write("\n")
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def atomic_save_npz(columns: Iterable[tuple[str, np.ndarray]], path: Path) -> None:
@@ -83,12 +108,47 @@ def atomic_save_npz(columns: Iterable[tuple[str, np.ndarray]], path: Path) -> No
                 with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
                     np.lib.format.write_array(member, np.asarray(array), allow_pickle=False)
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
+
+
+def atomic_save_text(text: str, path: Path) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+
+    atomic_write(path, write)
+
+
+# ---- checked reads: a missing, truncated or corrupt file is a UserError naming the file and the fix --------------
+
+REWRITE_HINT = "re-run the stage that wrote it (or restore the file)"
 
 
 def load_json(path: Path) -> Any:
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing: {REWRITE_HINT}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is truncated or corrupt (not valid JSON: {err}): {REWRITE_HINT}") from None
+
+
+def load_tensors(path: Path) -> dict[str, Tensor]:
+    """A safetensors file (no unpickling), refusing a missing, truncated or corrupt one with one clear line."""
+    return load_tensors_with_metadata(path)[0]
+
+
+def load_tensors_with_metadata(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} is missing: {REWRITE_HINT}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {name: handle.get_tensor(name) for name in handle.keys()}, handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise UserError(f"{path} is truncated or corrupt (safetensors: {err}): {REWRITE_HINT}") from None
 
 
 def git_commit() -> str | None:
@@ -127,7 +187,11 @@ def load_resume_state(folder: Path) -> dict | None:
     path = Path(folder) / RESUME_FILE
     if not path.is_file():
         return None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # zipfile, pickle and torch raise many types for a damaged file; all mean the same
+        raise UserError(f"{path} is truncated or corrupt ({type(err).__name__}): this run cannot be resumed; start it "
+                        "again with --overwrite") from None
 
 
 def write_model(folder: Path, record: dict[str, Any], tensors: dict[str, Tensor], step: int | None = None) -> None:
@@ -162,7 +226,7 @@ def read_model(folder: Path, kind: str, part: str = "") -> tuple[dict[str, Any],
 
 def load_weights(folder: Path, prefix: str = "") -> dict[str, Tensor]:
     """Weights of a stage (safetensors: no unpickling); ``prefix`` selects one part, stripped from the names."""
-    tensors = load_file(str(Path(folder) / WEIGHTS_FILE))
+    tensors = load_tensors(Path(folder) / WEIGHTS_FILE)
     if not prefix:
         return tensors
     return {name[len(prefix) :]: t for name, t in tensors.items() if name.startswith(prefix)}

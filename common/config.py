@@ -48,7 +48,7 @@ class RunConfig:
     decode: str = opt("auto", "auto (sparse gather on CPU, dense matmul on CUDA), dense or sparse")
     seed: int = opt(0, "random seed for every generator")
     cache_dir: str | None = opt(None, "folder for a disk cache of harvested activations, shared by stages "
-                                      "(paper scale: 32 GB)")
+                                      "(paper scale: 32 GB)", input="dir")
 
 
 @dataclass
@@ -59,7 +59,7 @@ class LMConfig:
     exclude_first_position: bool = opt(False, "drop position 0 (BOS) from training, stats, metrics and KL statistics")
     harvest_batch_size: int = opt(32, "windows per LM forward when harvesting activations")
     text_files: list[str] | None = opt(None, "local training text, one document per line (default: the preset's text)",
-                                       nargs="+")
+                                       nargs="+", input="file")
     trust_remote_code: bool = opt(False, "allow the model repository's own code (only for models you trust)")
 
 
@@ -97,7 +97,7 @@ class OverwriteConfig:
 
 @dataclass
 class TrainedStageConfig(RunConfig, LMConfig, TrainConfig, ResumeConfig):
-    checkpoint_dir: str = opt("checkpoints", "output checkpoint directory")
+    checkpoint_dir: str = opt("checkpoints", "output checkpoint directory", output=True)
     num_tokens: int = opt(5_000_000, "tokens of training text to harvest (a shorter text is used whole)")
     batch_size: int = opt(1024, "rows per step")
     val_tokens: int = opt(100_000, "held-out tokens used for validation figures")
@@ -134,24 +134,25 @@ class StreamConfig:
 @dataclass
 class SAE1Input:
     sae1_model_path: str = opt("checkpoints_topk", "stage-1 checkpoint directory (or the weights file in it)",
-                               aliases=("--primary_sae_path",))
+                               aliases=("--primary_sae_path",), input="dir")
 
 
 @dataclass
 class NFMInput:
-    nfm_model_path: str = opt("checkpoints_nfm", "stage-2 (NFM) checkpoint directory", aliases=("--nfm_path",))
+    nfm_model_path: str = opt("checkpoints_nfm", "stage-2 (NFM) checkpoint directory", aliases=("--nfm_path",),
+                              input="dir")
 
 
 @dataclass
 class JointInput:
-    joint_model_path: str = opt("checkpoints_joint", "stage-5 (joint) checkpoint directory")
+    joint_model_path: str = opt("checkpoints_joint", "stage-5 (joint) checkpoint directory", input="dir")
 
 
 @dataclass
 class KLConfig(RunConfig, LMConfig, ResumeConfig):
-    output_dir: str = opt("kl_results", "output directory")
+    output_dir: str = opt("kl_results", "output directory", output=True)
     eval_text_files: list[str] | None = opt(None, "evaluation text, one document per line (default: the preset's "
-                                                  "test text)", nargs="+")
+                                                  "test text)", nargs="+", input="file")
     num_wiki_samples: int = opt(5_000, "at most this many evaluation windows (a shorter text is used whole)")
     batch_size: int = opt(32, "windows per batch")
     num_epsilon_samples: int = opt(3, "epsilon-random draws per token")
@@ -202,7 +203,7 @@ class JointConfig(TrainedStageConfig, SAEShapeConfig, NFMShapeConfig, SAEFitConf
     sae1_model_path: str | None = like(SAE1Input, "sae1_model_path", None, "optional stage-1 checkpoint: its "
                                        "normalization stats and the standalone-SAE comparison")
     nfm_model_path: str | None = opt(None, "optional stage-2 checkpoint whose improvement is printed beside the "
-                                           "joint one", aliases=("--compare_sequential",))
+                                           "joint one", aliases=("--compare_sequential",), input="dir")
     top_n_features: int = opt(512, "feed the NFM the top N of the SAE's K codes")
     chunk_tokens: int = like(StreamConfig, "chunk_tokens", 10_000)
     batch_size: int = like(TrainedStageConfig, "batch_size", 64, "token rows per step")
@@ -226,14 +227,14 @@ class KL18Config(KLConfig, JointInput):
 @dataclass
 class AnalysisConfig(RunConfig, OverwriteConfig):
     threshold: float = opt(1e-6, "features with squared decoder norm at or below this are dropped")
-    output_dir: str = opt("analysis_results", "output directory")
+    output_dir: str = opt("analysis_results", "output directory", output=True)
 
 
 @dataclass
 class OrthoConfig(AnalysisConfig):
     sae1_model_path: str = like(SAE1Input, "sae1_model_path", "checkpoints_topk",
                                 "first SAE: a stage-1 (or joint) checkpoint directory")
-    sae2_model_path: str = opt("checkpoints_joint", "second SAE: a stage-1 or joint checkpoint directory")
+    sae2_model_path: str = opt("checkpoints_joint", "second SAE: a stage-1 or joint checkpoint directory", input="dir")
     sae1_name: str = opt("standalone", "name of the first SAE in tables and plots")
     sae2_name: str = opt("joint", "name of the second SAE in tables and plots")
     pca_components: int = opt(1_000, "components of the original's randomized-SVD PCA (at most d)")
@@ -243,7 +244,7 @@ class OrthoConfig(AnalysisConfig):
 @dataclass
 class BimodalConfig(AnalysisConfig, JointInput):
     orthogonality_dir: str | None = opt("orthogonality_results", "part16's output directory, whose mixture fit is "
-                                                                 "printed beside this table")
+                                                                 "printed beside this table", input="dir")
     split: float = opt(0.2, "squared-norm split between the low and high groups")
     output_dir: str = like(AnalysisConfig, "output_dir", "bimodal_results")
 
@@ -289,6 +290,16 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "bimodal": dict(split=0.1),
     },
 }
+
+
+def input_paths(cfg: Any) -> list[tuple[str, str, str]]:
+    """(flag, path, "dir" or "file") of every input the config names: the paths an output must keep apart from."""
+    found = []
+    for f in dataclasses.fields(cfg):
+        kind, value = f.metadata.get("input"), getattr(cfg, f.name)
+        if kind and value:
+            found += [(f"--{f.name}", str(path), kind) for path in (value if isinstance(value, list) else [value])]
+    return found
 
 
 def field_names(cls: type) -> set[str]:

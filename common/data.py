@@ -1,6 +1,8 @@
 """Text sources and 128-token windows (METHOD §0): the one place where a window is cut and a split is decided."""
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,13 +24,36 @@ def is_validation_window(window_index: int) -> bool:
 
 @dataclass
 class TextSource:
-    """Rows of text (one document line each, as the Hub's ``wikitext`` rows) plus how to name them in configs."""
+    """Rows of text (one document line each, as the Hub's ``wikitext`` rows), how to name them in configs, and what
+    they are: ``identity`` is the sha256 of local files' bytes or the hub dataset, config and split, so a cache or a
+    resumed run recognizes the same text wherever it lives and never mistakes another text of the same name."""
 
     description: str
     open_rows: Callable[[], Iterator[str]] = field(repr=False)
+    identify: Callable[[], str] | None = field(repr=False, default=None)  # None: the digest of the rows themselves
 
     def rows(self) -> Iterator[str]:
         return self.open_rows()
+
+    @functools.cached_property
+    def identity(self) -> str:
+        if self.identify is not None:
+            return self.identify()
+        digest = hashlib.sha256()
+        for row in self.rows():
+            digest.update(row.encode("utf-8") + b"\0")
+        return f"sha256-rows:{digest.hexdigest()}"
+
+
+def files_sha256(paths: list[Path]) -> str:
+    """One digest over the files' bytes, in order (and their count, so a split of one file into two differs)."""
+    digest = hashlib.sha256(str(len(paths)).encode())
+    for path in paths:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 24), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return f"sha256:{digest.hexdigest()}"
 
 
 def _file_rows(paths: list[Path]) -> Iterator[str]:
@@ -42,7 +67,8 @@ def local_text(paths: list[str | Path]) -> TextSource:
     missing = [str(p) for p in files if not p.is_file()]
     if missing:
         raise UserError(f"text file not found: {', '.join(missing)}")
-    return TextSource(f"local files: {', '.join(p.name for p in files)}", lambda: _file_rows(files))
+    return TextSource(f"local files: {', '.join(p.name for p in files)}", lambda: _file_rows(files),
+                      lambda: files_sha256(files))
 
 
 def hub_wikitext(split: str) -> TextSource:
@@ -65,7 +91,8 @@ def hub_wikitext(split: str) -> TextSource:
         for row in stream:
             yield row["text"]
 
-    return TextSource(desc, open_rows)
+    # The hub's wikitext configs are frozen releases: name, config and split identify the rows.
+    return TextSource(desc, open_rows, lambda: f"hub:{HUB_DATASET[0]}/{HUB_DATASET[1]}/{split}")
 
 
 def resolve_text(files: list[str] | None, preset: str, role: str) -> TextSource:

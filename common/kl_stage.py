@@ -7,6 +7,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,13 +15,17 @@ from torch import nn
 
 from common.activations import NormStats
 from common.checkpoint import write_results
+from common.config import input_paths
+from common.data import WindowedText
 from common.device import autocast
 from common.errors import UserError
 from common.kl_conditions import EvalSettings
 from common.kl_report import PER_POSITION_FILE, format_table, merge_parts, plot_results, summarize
+from common.lm import LoadedLM
 from common.loading import StageInput, require_same_lm
+from common.outputs import OutputDir
 from common.patching import PatchingEvaluator, Reconstruct, evaluate_windows
-from common.stage import check_output_dir, model_record, open_lm, open_stream, runtime, start_output_dir
+from common.stage import Runtime, model_record, open_lm, open_stream, runtime, start_output_dir
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +58,7 @@ def check_kl_settings(cfg: Any, checkpoint_layer: int, flag: str) -> None:
 
 
 def run_kl_stage(cfg: Any, kl: KLStage) -> dict[str, Any]:
-    out = check_output_dir(cfg.output_dir, cfg.resume, cfg.overwrite)
+    out_dir = OutputDir(cfg.output_dir, cfg.resume, cfg.overwrite, input_paths(cfg))
     rt = runtime(cfg)
     lm = open_lm(cfg, rt.device)
     record = model_record(lm, cfg.layer)
@@ -68,11 +73,19 @@ def run_kl_stage(cfg: Any, kl: KLStage) -> dict[str, Any]:
     evaluation = {
         "original_eval": cfg.original_eval, **kl.settings.record(), "capture_layer": cfg.layer,
         "patch_layer": patch_layer,
-        "text": text.source.description, "windows_requested": cfg.num_wiki_samples, "windows_used": len(indices),
+        "text": text.source.description, "text_identity": text.source.identity,
+        "windows_requested": cfg.num_wiki_samples, "windows_used": len(indices),
         "window_tokens": cfg.window, "first_position": int(cfg.exclude_first_position),
         "precision_regime": rt.precision, "decode_path": rt.decode,
     }
-    start_output_dir(out, cfg, record, kl.stage, {"evaluation": evaluation, **kl.extra})
+    inputs = {source.flag.lstrip("-"): source.record() for source in kl.inputs}
+    with out_dir.writing():
+        start_output_dir(out_dir, cfg, record, kl.stage, {"evaluation": evaluation, "inputs": inputs, **kl.extra})
+        return _evaluate(cfg, kl, lm, rt, out_dir.path, text, indices, patch_layer, evaluation)
+
+
+def _evaluate(cfg: Any, kl: KLStage, lm: LoadedLM, rt: Runtime, out: Path, text: WindowedText, indices: list[int],
+              patch_layer: int, evaluation: dict[str, Any]) -> dict[str, Any]:
     if len(indices) < cfg.num_wiki_samples:
         log.info("the evaluation text has %d whole windows (fewer than --num_wiki_samples %d): all are used",
                  len(indices), cfg.num_wiki_samples)

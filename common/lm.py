@@ -61,6 +61,23 @@ class LoadedLM:
     adds_bos: bool  # does tokenizer(text) prepend BOS by default (OpenLLaMA yes, SmolLM2 no)
     bos_token_id: int | None
 
+    @functools.cached_property
+    def tokenizer_fingerprint(self) -> str:
+        return tokenizer_fingerprint(self.tokenizer)
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """What the token ids of a text depend on: the vocabulary, the special tokens and how a probe text splits (the
+    merges and normalization show there), independent of where the tokenizer's files live."""
+    probe = "The European lobster (Homarus gammarus) grows to 60 cm; Ω!  Two  spaces."
+    described = {
+        "class": type(tokenizer).__name__,
+        "vocab": sorted(tokenizer.get_vocab().items()),
+        "special": tokenizer.all_special_tokens,
+        "probe": tokenizer(probe)["input_ids"],
+    }
+    return "sha256:" + hashlib.sha256(json.dumps(described, ensure_ascii=False).encode()).hexdigest()
+
 
 def load_lm(
     name: str, device: torch.device, dtype: torch.dtype | None = None, trust_remote_code: bool = False

@@ -14,6 +14,8 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from common.checkpoint import atomic_write
+
 logger = logging.getLogger(__name__)
 
 PANEL_SIZE = (6.0, 4.0)
@@ -40,10 +42,9 @@ def _figure(n_panels: int = 1, max_cols: int = 3) -> tuple[Figure, list[Axes]]:
 
 def _save(fig: Figure, path: str | Path, title: str) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"))
     logger.info("wrote %s", path)
     return path
 

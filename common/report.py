@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from common.checkpoint import atomic_save_json, load_json
+from common.checkpoint import atomic_save_json, atomic_save_text, load_json
 
 STAGE_FILES = {
     "sae1": "sae1/metrics.json", "nfm": "nfm/metrics.json", "sae2": "sae2/metrics.json", "joint": "joint/metrics.json",
@@ -238,7 +238,7 @@ def write_report(out_dir: Path, args: dict[str, Any], timings: dict[str, dict]) 
     }
     atomic_save_json({"header": header, "rows": table}, out_dir / "report.json")
     path = out_dir / "REPORT.md"
-    path.write_text(_markdown(header, table, out_dir), encoding="utf-8")
+    atomic_save_text(_markdown(header, table, out_dir), path)
     return path
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +17,12 @@ from common.device import resolve_decode, resolve_device, resolve_precision
 from common.errors import UserError
 from common.hooks import check_layer
 from common.lm import LoadedLM, load_lm
+from common.outputs import OutputDir
 
 log = logging.getLogger(__name__)
 
 # Settings that may change between an interrupted run and its resumption without changing the result.
-RESUMABLE_CHANGES = {"resume", "overwrite", "stop_at_step", "device", "cache_dir", "harvest_batch_size"}
+RESUMABLE_CHANGES = {"resume", "overwrite", "stop_at_step", "device", "harvest_batch_size"}
 
 
 @dataclasses.dataclass
@@ -65,20 +65,12 @@ def model_record(lm: LoadedLM, layer: int) -> dict[str, Any]:
             "lm_dtype": str(lm.dtype)}
 
 
-def check_output_dir(path: str | Path, resume: bool, overwrite: bool) -> Path:
-    """Refuse to clobber a finished or half-finished run unless asked; nothing is written here."""
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output path {out} exists and is not a directory")
-    busy = out.is_dir() and any(out.iterdir())
-    if busy and not (resume or overwrite):
-        raise UserError(f"{out} already holds a run: pass --resume to continue it or --overwrite to replace it")
-    return out
-
-
-def start_output_dir(out: Path, cfg: Any, record: dict[str, Any], stage: str,
+def start_output_dir(out: OutputDir, cfg: Any, record: dict[str, Any], stage: str,
                      extra: dict[str, Any] | None = None) -> dict:
-    """Write ``config.json`` (or, on resume, check that the run's settings did not change)."""
+    """Write ``config.json``; on --resume first check that the run is the same one (settings, model, inputs, text).
+
+    Call it holding the directory's lock (``with out.writing():``). On --overwrite everything but the lock goes first.
+    """
     config = {
         "stage": stage,
         "format_version": FORMAT_VERSION,
@@ -88,20 +80,42 @@ def start_output_dir(out: Path, cfg: Any, record: dict[str, Any], stage: str,
         "git_commit": git_commit(),
         **(extra or {}),
     }
-    if getattr(cfg, "resume", False) and (out / CONFIG_FILE).is_file():
-        previous = upgrade_config(load_json(out / CONFIG_FILE))
-        changed = sorted(
-            key for key in set(previous["config"]) | set(config["config"])
-            if key not in RESUMABLE_CHANGES and previous["config"].get(key) != config["config"].get(key)
-        )
-        if changed or previous.get("model_fingerprint") != config["model_fingerprint"]:
-            raise UserError(f"--resume: {out} was started with other settings ({', '.join(changed) or 'model'}); "
-                            "use a new --checkpoint_dir")
-        if previous != load_json(out / CONFIG_FILE):  # an earlier format: continue in this one
-            write_config(out, previous)
-        return previous
-    if getattr(cfg, "overwrite", False) and out.is_dir():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_config(out, config)
+    folder = out.path
+    if cfg.resume and (folder / CONFIG_FILE).is_file():
+        changed = resume_differences(upgrade_config(load_json(folder / CONFIG_FILE)), config, cfg)
+        if changed:
+            raise UserError(f"--resume: {folder} was started with other settings or inputs ({', '.join(changed)}); "
+                            "resume with those, or start a new run with --overwrite or another output directory")
+    elif cfg.overwrite and folder.is_dir():
+        out.clear()
+    folder.mkdir(parents=True, exist_ok=True)
+    write_config(folder, config)
     return config
+
+
+def resume_differences(previous: dict[str, Any], current: dict[str, Any], cfg: Any) -> list[str]:
+    """What makes ``current`` another run than ``previous``: any setting that changes the result, the model, an input
+    stage's weights or the text's content. Where things live (the output folder, the inputs' paths, the cache) is not
+    part of it, so a moved or copied run resumes; a directory of an earlier format that recorded no text identity is
+    compared on the rest."""
+    where = {f.name for f in dataclasses.fields(cfg) if f.metadata.get("input") or f.metadata.get("output")}
+    ignored = RESUMABLE_CHANGES | where
+    changed = sorted(key for key in set(previous["config"]) | set(current["config"])
+                     if key not in ignored and previous["config"].get(key) != current["config"].get(key))
+    if previous.get("model_fingerprint") != current.get("model_fingerprint"):
+        changed.append("the model")
+    before, now = _input_fingerprints(previous), _input_fingerprints(current)
+    changed += [f"the input {name}" for name in sorted(set(before) & set(now)) if before[name] != now[name]]
+    for section in ("data", "evaluation"):
+        for key, what in (("text_identity", "the text"), ("tokenizer_fingerprint", "the tokenizer")):
+            old, new = previous.get(section, {}).get(key), current.get(section, {}).get(key)
+            if old is not None and new is not None and old != new:
+                changed.append(what)
+    return changed
+
+
+def _input_fingerprints(config: dict[str, Any]) -> dict[str, str]:
+    """The weights sha256 of every input stage a config records (``sae1``, ``nfm``, or under ``inputs``)."""
+    records = {**{key: value for key, value in config.items() if isinstance(value, dict)}, **config.get("inputs", {})}
+    return {name: record["weights_sha256"] for name, record in records.items()
+            if isinstance(record, dict) and "weights_sha256" in record}

@@ -17,12 +17,14 @@ from torch import Tensor, nn
 
 from common.activations import NORM_STATS_FILE, NormStats
 from common.checkpoint import write_metrics
-from common.config import parse_config
+from common.config import input_paths, parse_config
 from common.device import param_dtype
+from common.errors import UserError
 from common.lm import LoadedLM
 from common.loading import StageInput, require_same_lm
+from common.outputs import OutputDir
 from common.plots import plot_training_history
-from common.stage import Runtime, check_output_dir, model_record, open_lm, runtime, start_output_dir
+from common.stage import Runtime, model_record, open_lm, runtime, start_output_dir
 from common.train import BatchSource, Trainer
 
 log = logging.getLogger(__name__)
@@ -93,7 +95,8 @@ class TrainedStage:
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
         self.check()
-        out = check_output_dir(cfg.checkpoint_dir, cfg.resume, cfg.overwrite)
+        out_dir = OutputDir(cfg.checkpoint_dir, cfg.resume, cfg.overwrite, input_paths(cfg))
+        out = out_dir.path
         inputs = self.load_inputs()
         rt = runtime(cfg)
         lm = open_lm(cfg, rt.device)
@@ -101,14 +104,23 @@ class TrainedStage:
         for source in inputs:
             require_same_lm(source, record)
         run = StageRun(cfg, rt, lm, record, out, inputs)
-        data = self.prepare(run)
+        try:
+            data = self.prepare(run)
+        except UserError as err:  # bad data (a NaN activation, a too-short text) is named with the stage it stopped
+            raise UserError(f"stage {self.name}: {err}") from None
         if data.train_steps is not None and cfg.train_steps is None:
             run.cfg = self.cfg = cfg = dataclasses.replace(cfg, train_steps=data.train_steps)
         torch.manual_seed(cfg.seed)  # the model's init from the run's seed, whatever ran before it
         model = self.build(run)
         extra = {**data.extra, "model": model.record(), "data": data.record, "precision_regime": rt.precision,
                  "decode_path": rt.decode}
-        start_output_dir(out, cfg, record, self.name, extra)
+        with out_dir.writing():
+            return self._train(run, data, model, out_dir, extra)
+
+    def _train(self, run: StageRun, data: StageData, model: nn.Module, out_dir: OutputDir,
+               extra: dict[str, Any]) -> dict[str, Any]:
+        cfg, rt, out = self.cfg, run.rt, out_dir.path
+        start_output_dir(out_dir, cfg, run.record, self.name, extra)
         data.norm.save(out / NORM_STATS_FILE)
         for file_name, stats in data.extra_stats.items():
             stats.save(out / file_name)

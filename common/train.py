@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from common.checkpoint import load_resume_state, write_resume_state
+from common.checkpoint import RESUME_FILE, load_resume_state, write_resume_state
 from common.config import TrainConfig
 from common.device import autocast, param_dtype
 from common.errors import UserError
@@ -99,9 +99,14 @@ class Trainer:
         state = load_resume_state(self.out_dir)
         if state is None:
             return False
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            reason = str(err).strip().splitlines()[-1].strip() if str(err).strip() else type(err).__name__
+            raise UserError(f"{self.out_dir / RESUME_FILE} was written by a run of another configuration ({reason}): "
+                            "resume with that run's settings, or start again with --overwrite") from None
         self.step, self.best_val = int(state["step"]), float(state["best_val"])
         self.history = json.loads(state["history"])
         torch.set_rng_state(state["rng_cpu"])

@@ -265,7 +265,7 @@ def test_part16_bad_inputs(dirs, tmp_path):
         with pytest.raises(UserError, match=message):
             part16.main(args + base)
         assert not out.exists()
-    with pytest.raises(UserError, match="also an input"):
+    with pytest.raises(UserError, match="is the input --sae2_model_path"):
         part16.main(["--sae1_model_path", str(dirs["unimodal"]), "--sae2_model_path", str(dirs["joint"]),
                      "--output_dir", str(dirs["joint"]), "--overwrite"])
     with pytest.raises(UserError, match="already holds"):
@@ -290,7 +290,7 @@ def test_part17_bad_inputs(dirs, ortho_run, orthogonal_run, tmp_path):
         with pytest.raises(UserError, match=message):
             part17.main(args + ["--output_dir", str(out)])
         assert not out.exists()
-    with pytest.raises(UserError, match="also an input"):
+    with pytest.raises(UserError, match="is the input --orthogonality_dir"):
         part17.main(["--joint_model_path", str(dirs["joint"]), "--orthogonality_dir", ortho, "--output_dir", ortho,
                      "--overwrite"])
 
