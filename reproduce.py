@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -18,12 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.cli import run_cli
+from common.cli import ERROR_FILE_ENV, run_cli
 from common.config import PRESETS
 from common.errors import UserError
 from common.outputs import OutputDir
 from common.report import write_report
-from common.run_records import RunRecord, stage_identity
+from common.run_records import RUN_RECORDS, RunRecord, stage_identity
 
 log = logging.getLogger("reproduce")
 ROOT = Path(__file__).resolve().parent
@@ -105,14 +106,31 @@ def run_stage(stage: Stage, argv: list[str], out_dir: Path, text_files: list[str
     # Recorded before the run, so that a run killed part-way is resumed (not overwritten) the next time.
     earlier = record.previous["seconds"] if extra == ["--resume"] else 0.0
     record.write(stage.script, earlier)
+    error_file = record.path.with_suffix(".error")
+    error_file.unlink(missing_ok=True)
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, str(ROOT / stage.script), *argv, *extra], cwd=ROOT)
+    result = subprocess.run([sys.executable, str(ROOT / stage.script), *argv, *extra], cwd=ROOT,
+                            env={**os.environ, ERROR_FILE_ENV: str(error_file)})
     # A resumed stage reports the wall time of all its attempts.
     written = record.write(stage.script, earlier + time.perf_counter() - started)
     if result.returncode != 0:
-        raise UserError(f"stage {stage.name} ({stage.script}) failed with exit code {result.returncode}; "
-                        f"earlier stages' outputs in {out_dir} are intact, re-run the same command to continue")
+        reason = error_file.read_text(encoding="utf-8") if error_file.is_file() else (
+            f"exit code {result.returncode}, see its output above")
+        error_file.unlink(missing_ok=True)
+        raise UserError(f"stage {stage.name} ({stage.script}) failed: {reason}; earlier stages' outputs in {out_dir} "
+                        "are intact, re-run the same command to continue")
     return {**written, "skipped": False}
+
+
+def check_inputs_exist(stages: list[Stage], out_dir: Path) -> None:
+    """With --stages, an input stage that is neither run now nor finished is refused before anything is written."""
+    chosen = {stage.name for stage in stages}
+    by_name = {stage.name: stage for stage in STAGES}
+    for stage in stages:
+        for folder in (Path(value) for value in stage.inputs(out_dir)[1::2]):
+            if folder.name not in chosen and not (folder / by_name[folder.name].done_file).is_file():
+                raise UserError(f"stage {stage.name} reads {folder}, which is not finished: add --stages "
+                                f"{folder.name} (or run it first)")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -135,14 +153,31 @@ def main(argv: list[str] | None = None) -> None:
         args.cache = args.preset != "paper"
     out_dir = Path(args.output_dir or f"runs/{args.preset}")
     text_files = [*(args.text_files or []), *(args.eval_text_files or [])]
-    with OutputDir(out_dir, resume=True).writing():  # one reproduce.py per run folder at a time
-        timings = {}
-        for stage in STAGES:
-            if args.stages and stage.name not in args.stages:
-                continue
-            timings[stage.name] = run_stage(stage, stage_argv(stage, args, out_dir), out_dir, text_files)
-        report = write_report(out_dir, vars(args), timings)
+    stages = [stage for stage in STAGES if not args.stages or stage.name in args.stages]
+    check_inputs_exist(stages, out_dir)
+    fresh = not out_dir.exists()
+    try:
+        with OutputDir(out_dir, resume=True).writing():  # one reproduce.py per run folder at a time
+            timings = {stage.name: run_stage(stage, stage_argv(stage, args, out_dir), out_dir, text_files)
+                       for stage in stages}
+            report = write_report(out_dir, vars(args), timings)
+    except UserError:
+        forget_empty_run(out_dir, fresh)
+        raise
     print(f"report: {report}")
+
+
+def forget_empty_run(out_dir: Path, fresh: bool) -> None:
+    """After a failure, the records of stages that wrote nothing go, and so does a run folder this call created and
+    that holds nothing else: bad input leaves no trace."""
+    records = out_dir / RUN_RECORDS
+    for record in records.glob("*.json") if records.is_dir() else []:
+        if not (out_dir / record.stem).is_dir():
+            record.unlink()
+    if fresh and records.is_dir() and not any(records.iterdir()):
+        records.rmdir()
+    if fresh and out_dir.is_dir() and not any(out_dir.iterdir()):
+        out_dir.rmdir()
 
 
 if __name__ == "__main__":

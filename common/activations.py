@@ -114,20 +114,20 @@ class ActivationStream:
     def _harvest(self, indices: list[int]) -> Tensor:
         """(n, T, d) in the LM's dtype on the CPU, running only blocks before the layer."""
         out = []
-        bar = tqdm(total=len(indices), desc=f"harvest layer {self.layer}", unit="win", leave=False,
-                   disable=len(indices) < 4 * self.batch_size)
-        for start in range(0, len(indices), self.batch_size):
-            batch = torch.stack([self.text.get(i) for i in indices[start : start + self.batch_size]]).to(self.device)
-            acts = capture_layer(self.lm.model, batch, self.layer)
-            if not torch.isfinite(acts).all():
-                raise UserError(
-                    f"non-finite activations at layer {self.layer} of {self.lm.model_id} "
-                    f"(windows from {indices[start]}); "
-                    "try a wider dtype for the LM"
-                )
-            out.append(acts.cpu())
-            bar.update(batch.shape[0])
-        bar.close()
+        with tqdm(total=len(indices), desc=f"harvest layer {self.layer}", unit="win", leave=False,
+                       disable=len(indices) < 4 * self.batch_size) as bar:
+            for start in range(0, len(indices), self.batch_size):
+                batch_indices = indices[start : start + self.batch_size]
+                batch = torch.stack([self.text.get(i) for i in batch_indices]).to(self.device)
+                acts = capture_layer(self.lm.model, batch, self.layer)
+                if not torch.isfinite(acts).all():
+                    raise UserError(
+                        f"non-finite activations at layer {self.layer} of {self.lm.model_id} "
+                        f"(windows from {indices[start]}); "
+                        "try a wider dtype for the LM"
+                    )
+                out.append(acts.cpu())
+                bar.update(batch.shape[0])
         return torch.cat(out) if out else torch.empty(0, self.text.window, self.lm.d_model, dtype=self.lm.dtype)
 
     def _shard(self, shard: int) -> dict[int, Tensor]:

@@ -13,6 +13,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -64,14 +65,28 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
         write(tmp)
         _pause_for_tests(path)
         os.replace(tmp, path)
-    except OSError as err:
-        if err.errno in FULL_DISK_ERRNOS:
-            raise UserError(f"cannot write {path}: {os.strerror(err.errno)}; the previous {path.name} is intact: free "
-                            "space and re-run with --resume") from None
-        raise
+    except (OSError, RuntimeError, SafetensorError) as err:
+        full = _full_disk(err)
+        if full is None:
+            raise
+        raise UserError(f"cannot write {path}: {os.strerror(full.errno)}; the previous {path.name} is intact: free "
+                        "space and re-run with --resume") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _full_disk(err: BaseException | None) -> OSError | None:
+    """The full-disk OSError behind ``err``, if any: torch's writer reports it as a RuntimeError raised while the
+    file object's OSError is being handled."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in FULL_DISK_ERRNOS:
+            return err
+        reported = re.search(r"\(os error (\d+)\)", str(err))  # safetensors' Rust writer names the errno in its text
+        if reported and int(reported.group(1)) in FULL_DISK_ERRNOS:
+            return OSError(int(reported.group(1)), os.strerror(int(reported.group(1))))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def _pause_for_tests(path: Path) -> None:
@@ -95,7 +110,11 @@ def atomic_save_json(obj: Any, path: Path) -> None:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:  # a Python file, so that a failed write keeps its OSError (see _full_disk)
+            torch.save(obj, handle)
+
+    atomic_write(path, write)
 
 
 def atomic_save_npz(columns: Iterable[tuple[str, np.ndarray]], path: Path) -> None:

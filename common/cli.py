@@ -5,8 +5,13 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from common.errors import UserError
+
+# Set by reproduce.py for each stage it runs: where the stage leaves its error message instead of printing an
+# ``error:`` line of its own, so that the user sees one error line, reproduce.py's, naming the stage.
+ERROR_FILE_ENV = "FEATURE_INTEGRATION_ERROR_FILE"
 
 
 def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> None:
@@ -18,7 +23,12 @@ def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None =
     try:
         main(argv)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        report_to = os.environ.get(ERROR_FILE_ENV)
+        if report_to:  # a stage run by reproduce.py: its one error line, naming the stage, says this
+            Path(report_to).write_text(str(err), encoding="utf-8")
+            print(f"{Path(sys.argv[0]).name} stopped: {err}", file=sys.stderr)
+        else:
+            print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("error: interrupted (resume with --resume)", file=sys.stderr)

@@ -110,6 +110,8 @@ class OutputDir:
         with os.fdopen(fd, "w") as handle:
             json.dump(holder, handle)
         _HELD.add(self.path.resolve())
+        for leftover in self.path.glob(".*.tmp"):  # temp files of a writer killed mid-write; ours now to remove
+            leftover.unlink()
 
     def release(self) -> None:
         if self.path.resolve() in _HELD:

@@ -179,13 +179,12 @@ def evaluate_windows(evaluator: PatchingEvaluator, text: WindowedText, indices: 
     batches = [indices[start : start + batch_size] for start in range(0, len(indices), batch_size)]
     paths = [parts_dir / f"batch_{i:06d}.npz" for i in range(len(batches))]
     evaluated = 0
-    bar = tqdm(total=len(indices), desc="KL test", unit="win")
-    for window_indices, path in zip(batches, paths):
-        if not path.is_file():
-            input_ids = torch.stack([text.get(i) for i in window_indices]).to(device)
-            columns = evaluator.evaluate(input_ids, window_indices)
-            atomic_save_npz(columns.items(), path)
-            evaluated += len(window_indices)
-        bar.update(len(window_indices))
-    bar.close()
+    with tqdm(total=len(indices), desc="KL test", unit="win") as bar:
+        for window_indices, path in zip(batches, paths):
+            if not path.is_file():
+                input_ids = torch.stack([text.get(i) for i in window_indices]).to(device)
+                columns = evaluator.evaluate(input_ids, window_indices)
+                atomic_save_npz(columns.items(), path)
+                evaluated += len(window_indices)
+            bar.update(len(window_indices))
     return paths, evaluated

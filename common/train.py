@@ -160,32 +160,31 @@ class Trainer:
             torch.manual_seed(self.seed)
         running: dict[str, Tensor] = {}
         running_steps = 0
-        bar = tqdm(total=self.end_step, initial=self.step, desc="train", unit="step")
-        while self.step < self.end_step:
-            batch = self.batches.batch(self.step)
-            if batch is None:
-                log.info("the text ended at step %d of %d", self.step, self.end_step)
-                break
-            loss, grad_norm, logs = self.train_step(batch)
-            self.step += 1
-            bar.update(1)
-            # accumulate on the device: reading a value every step would force a sync per step on a GPU
-            for name, value in {"loss": loss.detach(), "grad_norm": grad_norm.detach(), **logs}.items():
-                running[name] = running.get(name, 0) + value.detach().float()
-            running_steps += 1
-            if self.step % self.cfg.log_every == 0 or self.step == self.end_step:
-                entry = {name: float(total) / running_steps for name, total in running.items()}
-                if not all(math.isfinite(v) for v in entry.values()):
-                    raise UserError(f"training diverged at step {self.step} (non-finite loss); "
-                                    "try --precision fp32 or a lower --lr")
-                self.history["train"].append({"step": self.step, "lr": self.scheduler.get_last_lr()[0], **entry})
-                bar.set_postfix(loss=f"{entry['loss']:.4g}")
-                running, running_steps = {}, 0
-            if self.step % self.cfg.val_every == 0 or self.step == self.end_step:
-                self.run_validation()
-            if self.step % self.cfg.checkpoint_every == 0:
-                self.save_resume()
-        bar.close()
+        with tqdm(total=self.end_step, initial=self.step, desc="train", unit="step") as bar:
+            while self.step < self.end_step:
+                batch = self.batches.batch(self.step)
+                if batch is None:
+                    log.info("the text ended at step %d of %d", self.step, self.end_step)
+                    break
+                loss, grad_norm, logs = self.train_step(batch)
+                self.step += 1
+                bar.update(1)
+                # accumulate on the device: reading a value every step would force a sync per step on a GPU
+                for name, value in {"loss": loss.detach(), "grad_norm": grad_norm.detach(), **logs}.items():
+                    running[name] = running.get(name, 0) + value.detach().float()
+                running_steps += 1
+                if self.step % self.cfg.log_every == 0 or self.step == self.end_step:
+                    entry = {name: float(total) / running_steps for name, total in running.items()}
+                    if not all(math.isfinite(v) for v in entry.values()):
+                        raise UserError(f"training diverged at step {self.step} (non-finite loss); "
+                                        "try --precision fp32 or a lower --lr")
+                    self.history["train"].append({"step": self.step, "lr": self.scheduler.get_last_lr()[0], **entry})
+                    bar.set_postfix(loss=f"{entry['loss']:.4g}")
+                    running, running_steps = {}, 0
+                if self.step % self.cfg.val_every == 0 or self.step == self.end_step:
+                    self.run_validation()
+                if self.step % self.cfg.checkpoint_every == 0:
+                    self.save_resume()
         if not self.history["val"] or self.history["val"][-1]["step"] != self.step:
             self.run_validation()
         self.save_resume()

@@ -1,9 +1,12 @@
 """The whole tiny chain through reproduce.py: every report row has a value equal to its stage's output, a second run
-skips every finished stage, and a failing stage stops the run with earlier outputs intact."""
+skips every finished stage, and a failing stage stops the run with earlier outputs intact. Every row's file, key and
+"holds" verdict are also held to a table written by hand below, independently of common/report.py."""
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -85,3 +88,294 @@ def test_regression_pin_tiny_report_numbers(tiny_run):
         assert rows[source]["value"] == pytest.approx(pinned, rel=1e-6), source
     for source, pinned in REGRESSION_PIN_ORIGINAL_EVAL.items():
         assert rows[source]["original_value"] == pytest.approx(pinned, rel=1e-6), source
+
+
+# ---- every row against a table written by hand ----------------------------------------------------------------------
+# The row test above reads each row's own `source` with the report's own `lookup`, and nothing checked "holds": a row
+# pointed at the wrong key, or a rule turned round, passed. Here each row's stage file, key path and verdict are
+# written out again without common/report.py, so such a row fails. A new report row fails until it is added here.
+
+ALPHA = 0.01  # "p < 0.01" in the rules
+STAGE_OUTPUTS = ("sae1/metrics.json", "nfm/metrics.json", "sae2/metrics.json", "joint/metrics.json",
+                 "kl14/results.json", "kl14_original/results.json", "ortho/results.json", "bimodal/results.json",
+                 "kl18/results.json", "kl18_original/results.json")
+Outputs = dict[str, Any]  # stage name ("kl14") → its parsed output file
+
+
+class Expected(NamedTuple):
+    source: tuple[str, tuple]  # (output file relative to the run dir, key path inside it)
+    original: tuple[str, tuple] | None = None  # the same figure in the --original_eval stage's file
+    verdict: Callable[[Outputs], bool] | None = None  # the row's rule; for original-eval, given the _original files
+
+
+def _conditions(results: dict, condition: str, key: str) -> Any:
+    return results["conditions"][condition][key]
+
+
+def _paired_above(results: dict, condition: str, test: str) -> bool:
+    """The paired t-test of `test` (first sample minus second) says the first is above, with p < 0.01."""
+    paired = results["conditions"][condition]["tests"][test]["paired"]
+    return paired["t"] > 0 and paired["p"] < ALPHA
+
+
+def _reduced(results: dict, condition: str, metric: str, test: str) -> bool:
+    """Rule "reduction > 0 with paired p < 0.01": positive, and reference minus condition significantly above 0."""
+    return _conditions(results, condition, metric) > 0 and _paired_above(results, condition, test)
+
+
+def _above_eps_random(results: dict, condition: str) -> bool:
+    """Rule "> 1 with paired p < 0.01": the KL ratio to ε-random exceeds 1, the condition's KL significantly above."""
+    ratio = _conditions(results, condition, "kl_ratio_eps_random")
+    return ratio > 1 and _paired_above(results, condition, "kl_vs_eps_random")
+
+
+def _split(o: Outputs, share: str, low_above_high: bool) -> bool:
+    """Rule "low > high (or <) with Student p < 0.01" for a share on the two sides of the squared-norm split."""
+    test = o["bimodal"]["shares"][share]
+    low, high = test["mean_low"], test["mean_high"]
+    return (low > high if low_above_high else low < high) and test["student"]["p"] < ALPHA
+
+
+def _spearman(o: Outputs, share: str, positive: bool) -> bool:
+    """Rule "negative (or positive) with p < 0.01" for the Spearman r of squared norm against a share."""
+    test = o["bimodal"]["spearman_vs_squared_norm"][share]
+    return (test["r"] > 0 if positive else test["r"] < 0) and test["p"] < ALPHA
+
+
+def _ortho(o: Outputs, sae: str) -> dict:
+    return o["ortho"]["saes"][sae]
+
+
+# section → row name → where its value lies and its rule. Row names repeat across sections, hence the nesting.
+EXPECTED: dict[str, dict[str, Expected]] = {
+    "Stage 1: TopK SAE": {
+        "variance explained": Expected(("sae1/metrics.json", ("variance_explained",)),
+                                       verdict=lambda o: o["sae1"]["variance_explained"] > 0.80),
+        "reconstruction MSE (normalized)": Expected(("sae1/metrics.json", ("mse",))),
+        "active features (L0 / F)": Expected(("sae1/metrics.json", ("l0_fraction",))),
+        "dead features": Expected(("sae1/metrics.json", ("dead_fraction",)),
+                                  verdict=lambda o: o["sae1"]["dead_fraction"] < 0.01),
+    },
+    "Stage 2: sequential NFM": {
+        "residual error reduction, train": Expected(("nfm/metrics.json", ("error_reduction_train",)),
+                                                    verdict=lambda o: o["nfm"]["error_reduction_train"] > 0),
+        "residual error reduction, validation": Expected(("nfm/metrics.json", ("error_reduction_val",)),
+                                                         verdict=lambda o: o["nfm"]["error_reduction_val"] > 0),
+        "residual MSE before → after, validation (before)": Expected(("nfm/metrics.json",
+                                                                      ("residual_mse_before_val",))),
+        "residual MSE before → after, validation (after)": Expected(("nfm/metrics.json", ("residual_mse_after_val",))),
+        "linear share of mean |output|": Expected(
+            ("nfm/metrics.json", ("linear_share",)),
+            verdict=lambda o: o["nfm"]["linear_share"] > o["nfm"]["interaction_share"]),
+    },
+    "Stage 3: secondary SAE": {
+        "variance explained of the interaction vectors": Expected(("sae2/metrics.json", ("variance_explained",))),
+    },
+    "Stage 5: joint": {
+        "joint reconstruction MSE (held out)": Expected(("joint/metrics.json", ("joint_mse",))),
+        "its own SAE path alone, MSE": Expected(("joint/metrics.json", ("sae_part_mse",))),
+        # "joint improvement > sequential improvement (stage 2, validation)"
+        "improvement over its own SAE path": Expected(
+            ("joint/metrics.json", ("improvement",)),
+            verdict=lambda o: o["joint"]["improvement"] > o["nfm"]["error_reduction_val"]),
+        "improvement over the standalone stage-1 SAE": Expected(
+            ("joint/metrics.json", ("improvement_vs_standalone",)),
+            verdict=lambda o: o["joint"]["improvement_vs_standalone"] > 0),
+        "linear share of mean |output|": Expected(
+            ("joint/metrics.json", ("linear_share",)),
+            verdict=lambda o: o["joint"]["linear_share"] > o["joint"]["interaction_share"]),
+        "NFM linear share of parameters (paper's count)": Expected(
+            ("joint/metrics.json", ("parameters", "paper_style", "shares", "nfm_linear")),
+            verdict=lambda o: 0.313 < o["joint"]["parameters"]["paper_style"]["shares"]["nfm_linear"] < 0.333),
+        "embeddings share of parameters (paper's count)": Expected(
+            ("joint/metrics.json", ("parameters", "paper_style", "shares", "nfm_embeddings"))),
+    },
+    "KL, sequential (part14)": {
+        "SAE KL / ε-random KL": Expected(
+            ("kl14/results.json", ("conditions", "sae", "kl_ratio_eps_random")),
+            ("kl14_original/results.json", ("conditions", "sae", "kl_ratio_eps_random")),
+            lambda o: _above_eps_random(o["kl14"], "sae")),
+        "SAE + NFM KL / ε-random KL": Expected(
+            ("kl14/results.json", ("conditions", "sae_nfm", "kl_ratio_eps_random")),
+            ("kl14_original/results.json", ("conditions", "sae_nfm", "kl_ratio_eps_random")),
+            lambda o: _conditions(o["kl14"], "sae_nfm", "kl_ratio_eps_random")
+            < _conditions(o["kl14"], "sae", "kl_ratio_eps_random")),
+        "KL reduction, SAE + full NFM": Expected(
+            ("kl14/results.json", ("conditions", "sae_nfm", "kl_reduction")),
+            ("kl14_original/results.json", ("conditions", "sae_nfm", "kl_reduction")),
+            lambda o: _reduced(o["kl14"], "sae_nfm", "kl_reduction", "kl_reference_minus_condition")),
+        "KL reduction, SAE + NFM linear": Expected(
+            ("kl14/results.json", ("conditions", "sae_linear", "kl_reduction")),
+            ("kl14_original/results.json", ("conditions", "sae_linear", "kl_reduction")),
+            lambda o: _reduced(o["kl14"], "sae_linear", "kl_reduction", "kl_reference_minus_condition")),
+        "KL reduction, SAE + NFM interaction": Expected(
+            ("kl14/results.json", ("conditions", "sae_interaction", "kl_reduction")),
+            ("kl14_original/results.json", ("conditions", "sae_interaction", "kl_reduction")),
+            lambda o: _conditions(o["kl14"], "sae_interaction", "kl_reduction")
+            < _conditions(o["kl14"], "sae_linear", "kl_reduction")),
+        "measurements": Expected(("kl14/results.json", ("measurements",)),
+                                 ("kl14_original/results.json", ("measurements",))),
+    },
+    "KL, joint (part18)": {
+        "joint SAE part KL / ε-random KL": Expected(
+            ("kl18/results.json", ("conditions", "joint_sae", "kl_ratio_eps_random")),
+            ("kl18_original/results.json", ("conditions", "joint_sae", "kl_ratio_eps_random")),
+            lambda o: _above_eps_random(o["kl18"], "joint_sae")),
+        # "... and above the sequential SAE + NFM reduction": the same evaluation's part14 file.
+        "KL reduction, joint full": Expected(
+            ("kl18/results.json", ("conditions", "joint_full", "kl_reduction")),
+            ("kl18_original/results.json", ("conditions", "joint_full", "kl_reduction")),
+            lambda o: _reduced(o["kl18"], "joint_full", "kl_reduction", "kl_reference_minus_condition")
+            and _conditions(o["kl18"], "joint_full", "kl_reduction")
+            > _conditions(o["kl14"], "sae_nfm", "kl_reduction")),
+        "KL reduction, joint linear only": Expected(
+            ("kl18/results.json", ("conditions", "joint_linear", "kl_reduction")),
+            ("kl18_original/results.json", ("conditions", "joint_linear", "kl_reduction")),
+            lambda o: _reduced(o["kl18"], "joint_linear", "kl_reduction", "kl_reference_minus_condition")),
+        "KL reduction, joint interaction only": Expected(
+            ("kl18/results.json", ("conditions", "joint_interaction", "kl_reduction")),
+            ("kl18_original/results.json", ("conditions", "joint_interaction", "kl_reduction")),
+            lambda o: _reduced(o["kl18"], "joint_interaction", "kl_reduction", "kl_reference_minus_condition")),
+        "CE (next token) reduction, joint full": Expected(
+            ("kl18/results.json", ("conditions", "joint_full", "ce_next_reduction")),
+            ("kl18_original/results.json", ("conditions", "joint_full", "ce_next_reduction")),
+            lambda o: _reduced(o["kl18"], "joint_full", "ce_next_reduction", "ce_next_reference_minus_condition")),
+        "CE (next token) reduction, joint linear only": Expected(
+            ("kl18/results.json", ("conditions", "joint_linear", "ce_next_reduction")),
+            ("kl18_original/results.json", ("conditions", "joint_linear", "ce_next_reduction")),
+            lambda o: _reduced(o["kl18"], "joint_linear", "ce_next_reduction", "ce_next_reference_minus_condition")),
+        "CE (next token) reduction, joint interaction only": Expected(
+            ("kl18/results.json", ("conditions", "joint_interaction", "ce_next_reduction")),
+            ("kl18_original/results.json", ("conditions", "joint_interaction", "ce_next_reduction")),
+            lambda o: _reduced(o["kl18"], "joint_interaction", "ce_next_reduction",
+                               "ce_next_reference_minus_condition")),
+        "measurements": Expected(("kl18/results.json", ("measurements",)),
+                                 ("kl18_original/results.json", ("measurements",))),
+    },
+    "Orthogonality (part16)": {
+        "PCA components for 90%, standalone (original definition)": Expected(
+            ("ortho/results.json", ("saes", "standalone", "pca", "original", "components_90"))),
+        "PCA components for 90%, joint (original definition)": Expected(
+            ("ortho/results.json", ("saes", "joint", "pca", "original", "components_90")),
+            # Integer counts: 10 |joint - standalone| <= standalone, exactly, with no rounding at the 10% edge.
+            verdict=lambda o: 10 * abs(_ortho(o, "joint")["pca"]["original"]["components_90"]
+                                       - _ortho(o, "standalone")["pca"]["original"]["components_90"])
+            <= _ortho(o, "standalone")["pca"]["original"]["components_90"]),
+        "PCA components for 90%, joint (standard, centred)": Expected(
+            ("ortho/results.json", ("saes", "joint", "pca", "standard", "components_90"))),
+        "mean |cosine| off the diagonal, standalone": Expected(
+            ("ortho/results.json", ("saes", "standalone", "cosine_offdiag", "mean_abs"))),
+        "mean |cosine| off the diagonal, joint": Expected(
+            ("ortho/results.json", ("saes", "joint", "cosine_offdiag", "mean_abs")),
+            verdict=lambda o: 0.75 < (_ortho(o, "joint")["cosine_offdiag"]["mean_abs"]
+                                      / _ortho(o, "joint")["cosine_offdiag"]["random_directions_mean_abs"]) < 1.25),
+    },
+    "Squared norms (part16)": {
+        "standalone SAE bimodal": Expected(("ortho/results.json", ("saes", "standalone", "bimodality", "bimodal")),
+                                           verdict=lambda o: _ortho(o, "standalone")["bimodality"]["bimodal"] is False),
+        "joint SAE bimodal": Expected(("ortho/results.json", ("saes", "joint", "bimodality", "bimodal")),
+                                      verdict=lambda o: _ortho(o, "joint")["bimodality"]["bimodal"] is True),
+        "joint mixture: low mode mean": Expected(
+            ("ortho/results.json", ("saes", "joint", "bimodality", "two_component", "means", 0))),
+        "joint mixture: high mode mean": Expected(
+            ("ortho/results.json", ("saes", "joint", "bimodality", "two_component", "means", 1))),
+    },
+    "Bimodal shares (part17)": {
+        "interaction share, squared norm < split": Expected(("bimodal/results.json",
+                                                             ("shares", "interaction", "mean_low"))),
+        "interaction share, squared norm ≥ split": Expected(("bimodal/results.json",
+                                                             ("shares", "interaction", "mean_high")),
+                                                            verdict=lambda o: _split(o, "interaction", True)),
+        "linear share, squared norm < split": Expected(("bimodal/results.json", ("shares", "linear", "mean_low"))),
+        "linear share, squared norm ≥ split": Expected(("bimodal/results.json", ("shares", "linear", "mean_high")),
+                                                       verdict=lambda o: _split(o, "linear", True)),
+        "nonlinear share, squared norm < split": Expected(("bimodal/results.json",
+                                                           ("shares", "nonlinear", "mean_low"))),
+        "nonlinear share, squared norm ≥ split": Expected(("bimodal/results.json",
+                                                           ("shares", "nonlinear", "mean_high")),
+                                                          verdict=lambda o: _split(o, "nonlinear", True)),
+        "residual share, squared norm < split": Expected(("bimodal/results.json", ("shares", "residual", "mean_low"))),
+        # The residual share is the one the paper has rising with the squared norm: low < high.
+        "residual share, squared norm ≥ split": Expected(("bimodal/results.json", ("shares", "residual", "mean_high")),
+                                                         verdict=lambda o: _split(o, "residual", False)),
+        "Spearman r, squared norm vs interaction share": Expected(
+            ("bimodal/results.json", ("spearman_vs_squared_norm", "interaction", "r")),
+            verdict=lambda o: _spearman(o, "interaction", positive=False)),
+        "Spearman r, squared norm vs linear share": Expected(
+            ("bimodal/results.json", ("spearman_vs_squared_norm", "linear", "r")),
+            verdict=lambda o: _spearman(o, "linear", positive=False)),
+        "Spearman r, squared norm vs nonlinear share": Expected(
+            ("bimodal/results.json", ("spearman_vs_squared_norm", "nonlinear", "r")),
+            verdict=lambda o: _spearman(o, "nonlinear", positive=False)),
+        "Spearman r, squared norm vs residual share": Expected(
+            ("bimodal/results.json", ("spearman_vs_squared_norm", "residual", "r")),
+            verdict=lambda o: _spearman(o, "residual", positive=True)),
+    },
+}
+TABLE = {(section, name): expected for section, named in EXPECTED.items() for name, expected in named.items()}
+
+
+def _at(data: Any, keys: tuple) -> Any:
+    """The value at a key path, read by hand (str keys into objects, int keys into lists)."""
+    for key in keys:
+        data = data[key]
+    return data
+
+
+def _source(file: str, keys: tuple) -> str:
+    """The report's "stage:key.path" spelling of a table entry."""
+    return f"{file.split('/')[0]}:{'.'.join(str(key) for key in keys)}"
+
+
+def _stage_outputs(run: Path) -> dict[str, Any]:
+    """Each stage's output file, parsed with json, by output file path and by stage name."""
+    parsed = {path: json.loads((run / path).read_text()) for path in STAGE_OUTPUTS}
+    return {**parsed, **{path.split("/")[0]: data for path, data in parsed.items()}}
+
+
+def _table_rows(run: Path) -> dict[tuple[str, str], dict]:
+    """report.json's rows by (section, name); exactly the table's rows, so a new row must be added to it by hand."""
+    rows = json.loads((run / "report.json").read_text())["rows"]
+    by_key = {(row["section"], row["name"]): row for row in rows}
+    assert len(by_key) == len(rows), "two report rows share a section and name"
+    assert set(by_key) == set(TABLE), {"not in the table": set(by_key) - set(TABLE),
+                                       "not in the report": set(TABLE) - set(by_key)}
+    return by_key
+
+
+def test_every_row_value_is_read_from_the_file_and_key_the_table_names(tiny_run):
+    rows, outputs = _table_rows(tiny_run), _stage_outputs(tiny_run)
+    wrong = []  # (row, column, the report's, the table's)
+    for key, expected in TABLE.items():
+        row = rows[key]
+        assert ("original_value" in row) == (expected.original is not None), key
+        for column, source_column, entry in (("value", "source", expected.source),
+                                             ("original_value", "original_source", expected.original)):
+            if entry is None:
+                continue
+            file, keys = entry
+            if row[column] != _at(outputs[file], keys):
+                wrong.append((key, column, row[column], _at(outputs[file], keys)))
+            # Two keys can hold equal numbers (the SAE's KL ratio to ε-random and to ε of its own norm), so the
+            # named source is held to the table too.
+            if row[source_column] != _source(file, keys):
+                wrong.append((key, source_column, row[source_column], _source(file, keys)))
+    assert not wrong, wrong
+
+
+def test_every_holds_verdict_is_the_rule_computed_here(tiny_run):
+    rows, outputs = _table_rows(tiny_run), _stage_outputs(tiny_run)
+    # The original evaluation applies the same claim to the --original_eval KL stages' files.
+    original = {**outputs, "kl14": outputs["kl14_original"], "kl18": outputs["kl18_original"]}
+    assert {key for key, row in rows.items() if "holds" in row} == {key for key, e in TABLE.items() if e.verdict}
+    assert {key for key, row in rows.items() if "holds_original" in row} == {
+        key for key, e in TABLE.items() if e.verdict and e.original}
+    wrong = []
+    for key, expected in TABLE.items():
+        if expected.verdict is None:
+            continue
+        if rows[key]["holds"] != expected.verdict(outputs):
+            wrong.append((key, "holds", rows[key]["holds"]))
+        if expected.original is not None and rows[key]["holds_original"] != expected.verdict(original):
+            wrong.append((key, "holds_original", rows[key]["holds_original"]))
+    assert not wrong, wrong  # (row, column, the report's verdict), where the rule computed here says otherwise
