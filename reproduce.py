@@ -15,8 +15,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from common.cli import ERROR_FILE_ENV, run_cli
@@ -25,57 +23,15 @@ from common.errors import UserError
 from common.outputs import OutputDir
 from common.report import write_report
 from common.run_records import RUN_RECORDS, RunRecord, stage_identity
+from common.stages import STAGES, Stage
 
 log = logging.getLogger("reproduce")
 ROOT = Path(__file__).resolve().parent
 
 
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    script: str
-    out_flag: str  # --checkpoint_dir or --output_dir
-    done_file: str  # written last by the script: its presence means the stage finished
-    inputs: Callable[[Path], list[str]]  # flags naming earlier stages' directories
-    uses_lm: bool = True
-    trains: bool = False  # training stages take --text_files, KL stages --eval_text_files
-    resumable: bool = True
-
-
-def _kl(*extra: str) -> Callable[[Path], list[str]]:
-    return lambda d: ["--sae1_model_path", str(d / "sae1"), "--nfm_model_path", str(d / "nfm"), *extra]
-
-
-def _kl_joint(*extra: str) -> Callable[[Path], list[str]]:
-    return lambda d: ["--joint_model_path", str(d / "joint"), *extra]
-
-
-# Pipeline order of the paper: 1 → 2 → 3 → 5 → 14 → 16 → 17 → 18; the KL stages run as trained and as the
-# original evaluated.
-STAGES = (
-    Stage("sae1", "part1c_sae_topK_implementation.py", "--checkpoint_dir", "metrics.json", lambda d: [], trains=True),
-    Stage("nfm", "part2d_residual_NFM_streaming.py", "--checkpoint_dir", "metrics.json",
-          lambda d: ["--sae1_model_path", str(d / "sae1")], trains=True),
-    Stage("sae2", "part10_sae_decomp_of_NFM.py", "--checkpoint_dir", "metrics.json",
-          lambda d: ["--sae1_model_path", str(d / "sae1"), "--nfm_model_path", str(d / "nfm")], trains=True),
-    Stage("joint", "part15_joint_SAENFM.py", "--checkpoint_dir", "metrics.json",
-          lambda d: ["--sae1_model_path", str(d / "sae1"), "--nfm_model_path", str(d / "nfm")], trains=True),
-    Stage("kl14", "part14_kl_tests.py", "--output_dir", "results.json", _kl()),
-    Stage("kl14_original", "part14_kl_tests.py", "--output_dir", "results.json", _kl("--original_eval")),
-    Stage("ortho", "part16_orthogonality.py", "--output_dir", "results.json",
-          lambda d: ["--sae1_model_path", str(d / "sae1"), "--sae2_model_path", str(d / "joint")],
-          uses_lm=False, resumable=False),
-    Stage("bimodal", "part17_bimodal_gram.py", "--output_dir", "results.json",
-          lambda d: ["--joint_model_path", str(d / "joint"), "--orthogonality_dir", str(d / "ortho")],
-          uses_lm=False, resumable=False),
-    Stage("kl18", "part18_joint_kl.py", "--output_dir", "results.json", _kl_joint()),
-    Stage("kl18_original", "part18_joint_kl.py", "--output_dir", "results.json", _kl_joint("--original_eval")),
-)
-
-
 def stage_argv(stage: Stage, args: argparse.Namespace, out_dir: Path) -> list[str]:
     """The stage's command line: its inputs, the shared settings, and where it writes."""
-    argv = ["--preset", args.preset, stage.out_flag, str(out_dir / stage.name), *stage.inputs(out_dir)]
+    argv = ["--preset", args.preset, stage.out_flag, str(out_dir / stage.name), *stage.argv(out_dir)]
     for flag in ("device", "precision", "seed"):
         if getattr(args, flag) is not None:
             argv += [f"--{flag}", str(getattr(args, flag))]
@@ -84,9 +40,9 @@ def stage_argv(stage: Stage, args: argparse.Namespace, out_dir: Path) -> list[st
             argv += ["--model", args.model]
         if args.cache:
             argv += ["--cache_dir", str(out_dir / "activation_cache")]
-        if args.text_files and stage.trains:
+        if args.text_files and stage.text == "train":
             argv += ["--text_files", *args.text_files]
-        if args.eval_text_files and not stage.trains:
+        if args.eval_text_files and stage.text == "eval":
             argv += ["--eval_text_files", *args.eval_text_files]
     return argv
 
@@ -94,8 +50,7 @@ def stage_argv(stage: Stage, args: argparse.Namespace, out_dir: Path) -> list[st
 def run_stage(stage: Stage, argv: list[str], out_dir: Path, text_files: list[str]) -> dict:
     """Run one stage in its own process (a crash cannot take earlier outputs with it); skip it if already done."""
     stage_out = out_dir / stage.name
-    input_dirs = [Path(value) for value in stage.inputs(out_dir)[1::2]]
-    record = RunRecord(out_dir, stage.name, stage_identity(argv, out_dir, text_files, input_dirs), argv)
+    record = RunRecord(out_dir, stage.name, stage_identity(argv, out_dir, text_files, stage.input_dirs(out_dir)), argv)
     if record.same_run and (stage_out / stage.done_file).is_file():
         log.info("%s: already complete, skipped", stage.name)
         return {**record.previous, "skipped": True}
@@ -127,7 +82,7 @@ def check_inputs_exist(stages: list[Stage], out_dir: Path) -> None:
     chosen = {stage.name for stage in stages}
     by_name = {stage.name: stage for stage in STAGES}
     for stage in stages:
-        for folder in (Path(value) for value in stage.inputs(out_dir)[1::2]):
+        for folder in stage.input_dirs(out_dir):
             if folder.name not in chosen and not (folder / by_name[folder.name].done_file).is_file():
                 raise UserError(f"stage {stage.name} reads {folder}, which is not finished: add --stages "
                                 f"{folder.name} (or run it first)")

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from common.errors import UserError
 from common.paths import REPO_ROOT
+from common.resources import usage
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "best_model.safetensors"
@@ -186,14 +187,15 @@ def write_config(folder: Path, config: dict[str, Any]) -> None:
 
 
 def write_metrics(folder: Path, metrics: dict[str, Any]) -> None:
-    """``metrics.json`` is written last: its presence marks a finished trained stage."""
-    atomic_save_json(metrics, Path(folder) / METRICS_FILE)
+    """``metrics.json`` is written last: its presence marks a finished trained stage. It records what the stage cost
+    (``resources``: wall time, peak memory)."""
+    atomic_save_json({**metrics, "resources": usage()}, Path(folder) / METRICS_FILE)
 
 
 def write_results(folder: Path, results: dict[str, Any]) -> Path:
-    """``results.json`` is written last: its presence marks a finished evaluation or analysis."""
+    """``results.json`` is written last: its presence marks a finished evaluation or analysis (with ``resources``)."""
     path = Path(folder) / RESULTS_FILE
-    atomic_save_json(results, path)
+    atomic_save_json({**results, "resources": usage()}, path)
     return path
 
 

@@ -249,10 +249,90 @@ class BimodalConfig(AnalysisConfig, JointInput):
     output_dir: str = like(AnalysisConfig, "output_dir", "bimodal_results")
 
 
+@dataclass
+class SecondaryInput:
+    interaction_sae_path: str = opt("interaction_sae", "stage-3 (secondary SAE) checkpoint directory",
+                                    aliases=("--secondary_sae_path",), input="dir")
+
+
+@dataclass
+class BehaviorConfig(RunConfig, LMConfig, OverwriteConfig, SAE1Input, NFMInput):
+    """What the behavioral scripts share (METHOD §10)."""
+
+    output_dir: str = like(AnalysisConfig, "output_dir", "behavior_results")
+    original_eval: bool = opt(False, "the original's pipeline: raw activations, K 1,024, every code into the NFM, the "
+                                     "plain sum, the residual read and patched one block later (and --patch replace)")
+    stimuli: str | None = opt(None, "stimulus file in the format of common/stimuli.json (default: that file)",
+                              input="file")
+    sentences_per_cell: int | None = opt(None, "use the first N sentences of each cell (default: all)")
+    split: str = opt("even_odd", "even_odd: select on the even-numbered texts of each cell and report on the odd "
+                                 "ones; none: select and report on all texts")
+    top_n: int = opt(10, "features kept in each ranked table")
+    min_active_texts: int = opt(5, "a feature must be active in at least this many texts to be ranked")
+
+
+@dataclass
+class ClampSettings:
+    patch: str | None = opt(None, "delta (default: add only what the clamp changes, so a multiplier of 1 is the clean "
+                                  "model) or replace (the original's; the default under --original_eval)")
+    clamp_mode: str = opt("multiply", "multiply: the code times each value; set: the code set to each value")
+    multipliers: list[float] = opt([-4.0, 0.0, 4.0], "clamp values (the original's m in {-4, 0, 4})", nargs="+",
+                                   type=float)
+    generation_tokens: int = opt(50, "tokens of each greedy generation")
+
+
+@dataclass
+class SparsityConfig(RunConfig, OverwriteConfig, NFMInput):
+    output_dir: str = like(AnalysisConfig, "output_dir", "nfm_sparsity_results")
+    top_n: int = like(BehaviorConfig, "top_n", 10)
+
+
+@dataclass
+class DiscoveryConfig(BehaviorConfig):
+    output_dir: str = like(AnalysisConfig, "output_dir", "discovery_results")
+
+
+@dataclass
+class SelectionConfig(BehaviorConfig, SecondaryInput):
+    output_dir: str = like(AnalysisConfig, "output_dir", "selection_results")
+    discovery_dir: str = opt("discovery_results", "part9b's output directory: its primary features are attributed",
+                             input="dir")
+    rank_by: str = opt("interaction", "interaction: the two-way interaction F; omnibus: the paper's one-way F over "
+                                      "the four cells")
+    exploratory: int = opt(4, "selected features after the target that later scripts also clamp (exploratory)")
+
+
+@dataclass
+class MeaningConfig(BehaviorConfig, SecondaryInput, ClampSettings):
+    output_dir: str = like(AnalysisConfig, "output_dir", "feature_meaning_results")
+    selection_dir: str = opt("selection_results", "part11's output directory: its target and exploratory features",
+                             input="dir")
+    eval_text_files: list[str] | None = like(KLConfig, "eval_text_files", None)
+    num_windows: int = opt(10_000, "at most this many windows of the evaluation text (a shorter text is used whole)")
+    batch_size: int = opt(32, "windows per LM forward")
+    examples: int = opt(20, "top-activating examples kept per feature")
+    chunk_tokens: int = opt(10, "tokens of each example, ending at the max-activating token")
+    interpreter: str = opt("none", "none: the token most often at the max-activating position, its share and lift")
+
+
+@dataclass
+class ClampConfig(BehaviorConfig, SecondaryInput, ClampSettings):
+    output_dir: str = like(AnalysisConfig, "output_dir", "clamping_results")
+    selection_dir: str = like(MeaningConfig, "selection_dir", "selection_results")
+    pathway: str = opt("secondary", "secondary: clamp the selected secondary features; linear: the linear control, "
+                                    "scaling the primary features that feed the target most; none: no clamp")
+    null_features: int = opt(200, "random secondary features active on the prompts, for the empirical null")
+    permutations: int = opt(10_000, "word-label permutations of the by-word interaction F")
+    word_list: str = opt("design", "design: the design's 4 x 8 target words; tiny: the stimulus file's single-token "
+                                   "words of the tiny model's vocabulary")
+    lm_fp32: bool = opt(True, "run the LM in fp32 (the effects are about 1e-4 logits)")
+
+
 # The stage names of presets, configs and reproduce.py (whose *_original runs use the same config).
 STAGE_CONFIGS: dict[str, type] = {
     "sae1": SAE1Config, "nfm": NFMConfig, "sae2": SAE2Config, "joint": JointConfig, "kl14": KL14Config,
-    "ortho": OrthoConfig, "bimodal": BimodalConfig, "kl18": KL18Config,
+    "ortho": OrthoConfig, "bimodal": BimodalConfig, "kl18": KL18Config, "sparsity": SparsityConfig,
+    "discovery": DiscoveryConfig, "selection": SelectionConfig, "meaning": MeaningConfig, "clamp": ClampConfig,
 }
 
 # Sizes keep the paper's ratios (F/d, K/F, top-N/K, k/d); steps and text sizes fit each preset's time budget.
@@ -271,6 +351,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # ≈14 s per batch of 8 windows on 2 free cores (1 clean + 16 patched passes of the blocks after layer 15)
         "kl14": dict(num_wiki_samples=56, batch_size=8),
         "kl18": dict(num_wiki_samples=24, batch_size=8),
+        "meaning": dict(num_windows=2_000, batch_size=16, generation_tokens=20),
+        "clamp": dict(null_features=100, generation_tokens=20),
     },
     "tiny": {
         # a higher lr so that a few dozen steps visibly learn
@@ -288,6 +370,11 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "kl18": dict(num_wiki_samples=16, batch_size=8, num_epsilon_samples=2),
         # the tiny joint model trains too briefly for any squared norm to reach the paper's 0.2
         "bimodal": dict(split=0.1),
+        # the behavioral scripts' mechanics only: their statistics mean nothing on the tiny model
+        "discovery": dict(sentences_per_cell=8, min_active_texts=2),
+        "selection": dict(sentences_per_cell=8, min_active_texts=2, exploratory=2),
+        "meaning": dict(sentences_per_cell=8, num_windows=16, batch_size=8, examples=5, generation_tokens=5),
+        "clamp": dict(sentences_per_cell=8, null_features=5, permutations=200, generation_tokens=5, word_list="tiny"),
     },
 }
 
@@ -337,7 +424,8 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
         elif isinstance(f.default, bool):
             parser.add_argument(*names, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif "nargs" in f.metadata:
-            parser.add_argument(*names, nargs=f.metadata["nargs"], default=None, help=help_text)
+            parser.add_argument(*names, nargs=f.metadata["nargs"], type=f.metadata.get("type", str), default=None,
+                                help=help_text)
         else:
             parser.add_argument(*names, type=_field_type(f), default=None, metavar=f.name.upper(), help=help_text)
 

@@ -89,3 +89,19 @@ def check_nfm_on_sae(nfm: StageInput, sae: TopKSAE, sae_source: StageInput, sae_
     nfm_norm = nfm.norm_stats()
     if not (torch.equal(nfm_norm.mean, sae_norm.mean) and torch.equal(nfm_norm.std, sae_norm.std)):
         raise UserError(f"{nfm.what} was trained with other normalization statistics than {sae_source.what}")
+
+
+def load_secondary(path: str | Path, flag: str = "--interaction_sae_path") -> tuple[TopKSAE, NormStats, StageInput]:
+    """The stage-3 secondary SAE (fp32, CPU), the z-score stats of its own input (the NFM's interaction vectors) and
+    where it came from."""
+    source = open_input(path, flag, ("sae2",))
+    return TopKSAE.load(source.folder), source.norm_stats(), source
+
+
+def check_secondary_on(secondary: StageInput, nfm: StageInput, sae: StageInput) -> None:
+    """The secondary SAE must have decomposed this very NFM, fed by this very SAE (by the sha256 it recorded)."""
+    for name, source in (("nfm", nfm), ("sae1", sae)):
+        recorded = secondary.config.get(name, {}).get("weights_sha256")
+        if recorded is not None and recorded != weights_sha256(source.folder):
+            raise UserError(f"{secondary.what} was trained on another {'NFM' if name == 'nfm' else 'stage-1 SAE'} "
+                            f"than {source.what} (its weights fingerprint differs)")

@@ -33,6 +33,13 @@ class NFMShape:
     dropout: float = 0.15
 
 
+class NFMParts(NamedTuple):
+    linear: Tensor  # (B, d)
+    h: Tensor  # (B, k): the bi-interaction (or the original's plain sum) of the active embeddings
+    hidden: Tensor  # (B, k): Linear1(Dropout(h)) before the ReLU, the secondary SAE's input
+    interaction: Tensor  # (B, d): Linear2(ReLU(hidden))
+
+
 class NFMOutput(NamedTuple):
     total: Tensor  # (B, d) = linear + interaction
     linear: Tensor  # (B, d)
@@ -93,6 +100,20 @@ class NFM(SavesItself, nn.Module):
         dtype = self.linear_weight.dtype
         linear, interaction = linear.to(dtype), interaction.to(dtype)
         return NFMOutput(linear + interaction, linear, interaction)
+
+    def parts(self, top_acts: Tensor, top_indices: Tensor, decode: str = "sparse", pooling: str = "bi") -> NFMParts:
+        """Every intermediate of ``forward`` by name (the behavioral scripts read and clamp them); the same ops in the
+        same order, so ``parts(...).interaction`` is ``forward(...).interaction`` bit for bit."""
+        acts, latent_acts = self._prepare(top_acts, top_indices, decode, pooling)
+        linear = self._linear_term(acts, top_indices, latent_acts)
+        h = self._pool(acts, top_indices, latent_acts, pooling)
+        hidden = self.mlp[1](self.mlp[0](h))
+        dtype = self.linear_weight.dtype
+        return NFMParts(linear.to(dtype), h, hidden.to(dtype), self.readout(hidden))
+
+    def readout(self, hidden: Tensor) -> Tensor:
+        """The interaction output ``Linear2(ReLU(hidden))`` of a (possibly clamped) hidden vector, (B, d)."""
+        return self.mlp[3](self.mlp[2](hidden)).to(self.linear_weight.dtype)
 
     def interaction_hidden(self, top_acts: Tensor, top_indices: Tensor, decode: str = "sparse") -> Tensor:
         """``Linear1(Dropout(h))`` before the ReLU, (B, k): the secondary SAE's input (METHOD §3)."""

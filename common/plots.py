@@ -261,3 +261,65 @@ def plot_by_position(means_by_condition: dict[str, np.ndarray], path: str | Path
     ax.set_ylabel(ylabel)
     ax.legend()
     return _save(fig, path, title)
+
+
+def plot_interaction_lines(panels: dict[str, dict[str, tuple[float, float]]], path: str | Path, title: str,
+                           xlabels: tuple[str, str], ylabel: str) -> Path:
+    """One panel per condition (e.g. a multiplier); in each, one line per level of the second factor across the two
+    levels of the first: parallel lines mean no interaction."""
+    fig, axes = _figure(len(panels))
+    for ax, (name, lines) in zip(axes, panels.items()):
+        for i, (label, (left, right)) in enumerate(lines.items()):
+            ax.plot([0, 1], [left, right], marker="o", color=_color(i), label=label)
+        ax.set_xticks([0, 1], list(xlabels))
+        ax.axhline(0.0, color="grey", linewidth=0.5)
+        ax.set_title(name)
+        ax.set_ylabel(ylabel)
+        ax.legend()
+    return _save(fig, path, title)
+
+
+def plot_heatmap(matrix: np.ndarray, rows: list[str], columns: list[str], path: str | Path, title: str,
+                 colorbar: str) -> Path:
+    """A matrix of values (e.g. features × stimulus cells) on a diverging scale centred at 0."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    limit = float(np.nanmax(np.abs(matrix))) or 1.0
+    fig, (ax,) = _figure()
+    ax.grid(False)
+    image = ax.imshow(matrix, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+    ax.set_xticks(range(len(columns)), columns, rotation=30, ha="right")
+    ax.set_yticks(range(len(rows)), rows)
+    fig.colorbar(image, ax=ax, label=colorbar)
+    return _save(fig, path, title)
+
+
+def plot_grouped_bars(groups: dict[str, dict[str, float]], path: str | Path, title: str, ylabel: str) -> Path:
+    """Bars per category (inner keys), one bar colour per group (outer keys), e.g. a feature's t when selected and
+    held out."""
+    names = list(groups)
+    categories = list(dict.fromkeys(category for inner in groups.values() for category in inner))
+    width = 0.8 / len(names)
+    fig, (ax,) = _figure()
+    for g, name in enumerate(names):
+        positions = [c + (g - (len(names) - 1) / 2) * width for c in range(len(categories))]
+        ax.bar(positions, [groups[name].get(category, np.nan) for category in categories], width, label=name,
+               color=_color(g))
+    ax.set_xticks(range(len(categories)), categories, rotation=30, ha="right")
+    ax.axhline(0.0, color="grey", linewidth=0.5)
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    return _save(fig, path, title)
+
+
+def plot_points_by_group(points: dict[str, dict[str, float]], path: str | Path, title: str, ylabel: str) -> Path:
+    """Labelled points in columns, one column per group (e.g. each word's Δlogit in its 2×2 cell)."""
+    fig, (ax,) = _figure()
+    for g, values in enumerate(points.values()):
+        for j, (label, value) in enumerate(values.items()):
+            x = g + 0.25 * ((j % 5) - 2) / 2
+            ax.scatter([x], [value], color=_color(g), s=12)
+            ax.annotate(label, (x, value), fontsize=6, xytext=(3, 0), textcoords="offset points")
+    ax.set_xticks(range(len(points)), list(points))
+    ax.axhline(0.0, color="grey", linewidth=0.5)
+    ax.set_ylabel(ylabel)
+    return _save(fig, path, title)

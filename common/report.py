@@ -11,12 +11,11 @@ from typing import Any
 import torch
 
 from common.checkpoint import atomic_save_json, atomic_save_text, load_json
+from common.errors import UserError
+from common.stages import STAGES
 
-STAGE_FILES = {
-    "sae1": "sae1/metrics.json", "nfm": "nfm/metrics.json", "sae2": "sae2/metrics.json", "joint": "joint/metrics.json",
-    "kl14": "kl14/results.json", "kl14_original": "kl14_original/results.json", "ortho": "ortho/results.json",
-    "bimodal": "bimodal/results.json", "kl18": "kl18/results.json", "kl18_original": "kl18_original/results.json",
-}
+# Each stage's output file, as reproduce.py runs the stages.
+STAGE_FILES = {stage.name: f"{stage.name}/{stage.done_file}" for stage in STAGES}
 ALPHA = 0.01
 
 
@@ -186,18 +185,103 @@ def rows() -> list[Row]:
     ]
 
 
+def _both(section: str, name: str, paper: str, stage: str, key: str, kind: str = "num", rule: str = "",
+          check: Callable[[dict[str, Any], str], bool] | None = None) -> Row:
+    """A behavioral figure as trained and under --original_eval (the ``_original`` stage's same key)."""
+    return Row(section, name, paper, f"{stage}:{key}", kind, f"{stage}_original:{key}", rule, check)
+
+
+def _same_sign(factor: str) -> Callable[[dict[str, Any], str], bool]:
+    def check(outputs: dict, suffix: str) -> bool:
+        top = outputs["discovery" + suffix][factor]["top"][0]
+        return (top["t"] > 0) == (top["t_heldout"] > 0)
+    return check
+
+
+def behavior_rows() -> list[Row]:
+    """METHOD §10's report rows: the features found and selected, and the 2×2 logit test of the clamp."""
+    found, chosen, test = "Features (part9b, part11)", "Selected secondary feature (part11)", "2×2 logit test (part13)"
+    top, value = "ranked.interaction.0", "target_by_value"
+    sparse = "NFM weight rows (part4)"
+    rows = [
+        Row(sparse, "most unequal embedding row: Gini", "0.49 (feature 17512)",
+            "sparsity:embeddings.most_unequal.0.gini", "num"),
+        Row(sparse, "its entropy effective rank", "133.5 of 300", "sparsity:embeddings.most_unequal.0.effective_rank",
+            "num"),
+        Row(sparse, "mean Gini of the embedding rows", "—", "sparsity:embeddings.means.gini", "num",
+            rule="above an untrained row's", check=lambda o, s: o["sparsity"]["embeddings"]["means"]["gini"]
+            > o["sparsity"]["embeddings"]["untrained_reference"]["mean"]),
+        Row(sparse, "untrained |N(0, σ)| rows: Gini", "≈0.414 (√2 − 1)", "sparsity:embeddings.untrained_reference.mean",
+            "num"),
+    ]
+    for factor, paper in (("formality", "21781"), ("emotion", "21607")):
+        rows += [_both(found, f"{factor}: top primary feature's t", f"feature {paper}", "discovery",
+                       f"{factor}.top.0.t"),
+                 _both(found, f"{factor}: its t on the held-out texts", "— (not held out)", "discovery",
+                       f"{factor}.top.0.t_heldout", rule="same sign as on the selecting texts",
+                       check=_same_sign(factor))]
+    rows += [
+        _both(chosen, "top feature by the one-way F over the cells: F", "26.72 (feature 4022)", "selection",
+              "by_omnibus_all_texts.F"),
+        _both(chosen, "top feature by the one-way F over the cells: p", "2.85e-9", "selection",
+              "by_omnibus_all_texts.p"),
+        _both(chosen, "top feature by the interaction F: F (selecting texts)", "—", "selection", f"{top}.F"),
+        _both(chosen, "its BH q over all features", "—", "selection", f"{top}.q_all", rule="< 0.05",
+              check=lambda o, s: o["selection" + s]["ranked"]["interaction"][0]["q_all"] < 0.05),
+        _both(chosen, "its interaction F on the held-out texts", "—", "selection", f"{top}.F_heldout",
+              rule="held-out p < 0.05",
+              check=lambda o, s: o["selection" + s]["ranked"]["interaction"][0]["p_heldout"] < 0.05),
+        _both(chosen, "counterexample (lowest one-way F): F", "0.022 (feature 1113)", "selection",
+              "counterexamples.0.F"),
+        _both(chosen, "counterexample: p", "0.996", "selection", "counterexamples.0.p"),
+    ]
+    for m, original, dod in (("-4", "5.06", "7e-4"), ("0", "5.17", "1e-4"), ("4", "4.38", "4e-4")):
+        rows += [_both(test, f"m = {m}: the original statistic F (df 1, 78)", original, "clamp",
+                       f"{value}.{m}.original_pseudo_interaction.F"),
+                 _both(test, f"m = {m}: by-word interaction p", "—", "clamp", f"{value}.{m}.by_word.p"),
+                 _both(test, f"m = {m}: Holm p over every feature × multiplier", "— (uncorrected)", "clamp",
+                       f"{value}.{m}.holm_p"),
+                 _both(test, f"m = {m}: difference of differences (logits)", dod, "clamp",
+                       f"{value}.{m}.difference_of_differences")]
+    rows += [
+        _both(test, "m = -4: by-prompt (repeated-measures) p", "—", "clamp", "by_prompt.p"),
+        _both(test, "m = -4: word-label permutation p", "—", "clamp", "permutation_p"),
+        _both(test, "m = -4: percentile of the by-word F among random features", "—", "clamp",
+              "null_percentile.percentile"),
+        _both(test, "m = -4: formality main effect (logits)", "—", "clamp", "by_word.formality.mean_diff"),
+        _both(test, "m = -4: emotion main effect (logits)", "—", "clamp", "by_word.emotion.mean_diff"),
+        _both(test, "m = -4: greedy tokens changed", "— (read by eye)", "clamp", "greedy_tokens_changed", "pct"),
+        _both(test, "the interaction is significant (by-word Holm p)", "yes (F = 5.06, p = 0.027)", "clamp",
+              "holm_p", rule="Holm p < 0.05 and the by-word F above 95% of random features'",
+              check=lambda o, s: o["clamp" + s]["holm_p"] < 0.05
+              and o["clamp" + s]["null_percentile"]["percentile"] >= 95),
+        _both(test, "identity: max |Δlogit| at m = 1", "—", "clamp", "identity_max_abs_dlogit",
+              rule="exactly 0 (the delta patch leaves the model alone)",
+              check=lambda o, s: o["clamp" + s]["identity_max_abs_dlogit"] == 0),
+        Row(test, "linear control, m = -4: mean |Δlogit|", "0.000 (it moved no logit)", "clamp_linear:mean_abs_dlogit",
+            "num", rule="> 0 (its 'no interaction' counts only after a change)",
+            check=lambda o, s: o["clamp_linear"]["mean_abs_dlogit"] > 0),
+        Row(test, "linear control, m = -4: by-word interaction F", "—", "clamp_linear:by_word.F", "num"),
+    ]
+    return rows
+
+
 def lookup(outputs: dict[str, Any], source: str) -> Any:
     """``"stage:key.path"`` → the value in that stage's output file; a missing key is an error, never a blank."""
     stage, path = source.split(":", 1)
     value = outputs[stage]
-    for key in path.split("."):
-        value = value[int(key)] if isinstance(value, list) else value[key]
+    try:
+        for key in path.split("."):
+            value = value[int(key)] if isinstance(value, list) else value[key]
+    except (KeyError, IndexError, ValueError, TypeError):
+        raise UserError(f"the report reads {source}, which {STAGE_FILES[stage]} does not hold: it was written by an "
+                        f"older version of the stage; delete {stage}/ and re-run to write it again") from None
     return value
 
 
 def evaluate_rows(outputs: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
-    for row in rows():
+    for row in rows() + behavior_rows():
         entry = {"section": row.section, "name": row.name, "paper": row.paper, "source": row.source,
                  "value": lookup(outputs, row.source), "kind": row.kind, "rule": row.rule}
         if row.original:
@@ -205,7 +289,7 @@ def evaluate_rows(outputs: dict[str, Any]) -> list[dict[str, Any]]:
             entry["original_value"] = lookup(outputs, row.original)
         if row.check:
             entry["holds"] = bool(row.check(outputs, ""))
-            if row.original and row.section.startswith("KL"):
+            if row.original:
                 entry["holds_original"] = bool(row.check(outputs, "_original"))
         out.append(entry)
     return out
@@ -234,6 +318,7 @@ def write_report(out_dir: Path, args: dict[str, Any], timings: dict[str, dict]) 
         "precision_regime": sae1.get("precision_regime"), "decode_path": sae1.get("decode_path"),
         "hardware": _hardware(),
         "stage_seconds": {name: round(t["seconds"], 1) for name, t in timings.items()},
+        "stage_peak_memory_bytes": {name: _peak_memory(output) for name, output in outputs.items()},
         "missing_stages": missing,
     }
     atomic_save_json({"header": header, "rows": table}, out_dir / "report.json")
@@ -242,33 +327,80 @@ def write_report(out_dir: Path, args: dict[str, Any], timings: dict[str, dict]) 
     return path
 
 
+def _peak_memory(output: dict[str, Any]) -> int | None:
+    """The stage's own record of its peak memory: CUDA's allocator peak where it ran on a GPU, else its peak RSS."""
+    used = output.get("resources", {})
+    return used.get("cuda_max_memory_allocated_bytes", used.get("peak_rss_bytes"))
+
+
+def _bytes(value: int | None) -> str:
+    return "—" if value is None else f"{value / 2**30:.2f} GB" if value >= 2**30 else f"{value / 2**20:.0f} MB"
+
+
+def _header_lines(header: dict[str, Any]) -> list[str]:
+    rows = header["stage1_rows"]
+    described = {
+        "preset": header["preset"],
+        "model": f"{header['model_id']} ({header['model_fingerprint']})",
+        "layer": header["layer"],
+        "training text": header["training_text"],
+        "evaluation text": header["evaluation_text"],
+        "stage-1 rows": (f"{rows['train_rows']:,} training, {rows['val_rows']:,} held out"
+                         if rows.get("train_rows") is not None else "—"),
+        "precision regime": header["precision_regime"],
+        "decode path": header["decode_path"],
+        "hardware": header["hardware"],
+        "stages missing": ", ".join(header["missing_stages"]) or "none",
+    }
+    lines = [f"- **{key}**: {value}" for key, value in described.items()]
+    seconds, memory = header["stage_seconds"], header["stage_peak_memory_bytes"]
+    lines += ["", "## Time and memory per stage", "",
+              "Wall time as `reproduce.py` measured it (all attempts of a resumed stage); peak memory as the stage "
+              "recorded it (CUDA's allocator peak on a GPU, else the process's peak resident set).", "",
+              "| stage | wall time | peak memory |", "|---|---|---|"]
+    lines += [f"| {name} | {value:.0f} s | {_bytes(memory.get(name))} |" for name, value in seconds.items()]
+    lines.append(f"| all | {sum(seconds.values()) / 60:.1f} min | |")
+    return lines
+
+
 def _markdown(header: dict, table: list[dict], out_dir: Path) -> str:
-    lines = ["# Reproduction report", ""]
-    for key, value in header.items():
-        if key == "stage_seconds":
-            total = sum(value.values())
-            value = ", ".join(f"{k} {v:.0f} s" for k, v in value.items()) + f" (total {total / 60:.1f} min)"
-        lines.append(f"- **{key.replace('_', ' ')}**: {value}")
+    lines = ["# Reproduction report", "", *_header_lines(header)]
     lines += ["", "Values are read from each stage's output file (`source`); fractions are shown as percents.",
               "\"this run\" evaluates every model as it was trained; "
               "\"original eval\" is `--original_eval` (METHOD §4).",
               "\"holds\" applies the written rule to this run's value "
               "(and to the original evaluation where there is one).", ""]
-    section = None
-    for row in table:
-        if row["section"] != section:
-            section = row["section"]
-            lines += ["", f"## {section}", "",
-                      "| figure | paper | this run | original eval | rule | holds | source |",
-                      "|---|---|---|---|---|---|---|"]
-        original = _fmt(row["original_value"], row["kind"]) if "original_value" in row else ""
-        holds = "" if "holds" not in row else ("yes" if row["holds"] else "**no**")
-        if "holds_original" in row:
-            holds += f" / {'yes' if row['holds_original'] else '**no**'}"
-        lines.append(f"| {row['name'].replace('|', chr(92) + '|')} | {row['paper']} "
-                     f"| {_fmt(row['value'], row['kind'])} | {original} | {row['rule']} "
-                     f"| {holds} | `{row['source']}` |")
-    lines += ["", "## Figures", ""]
-    for png in sorted(out_dir.glob("*/*.png")):
-        lines.append(f"![{png.parent.name}/{png.name}]({png.relative_to(out_dir).as_posix()})")
+    shown: set[str] = set()
+    sections = list(dict.fromkeys(row["section"] for row in table))
+    for section in sections:
+        lines += ["", f"## {section}", "",
+                  "| figure | paper | this run | original eval | rule | holds | source |",
+                  "|---|---|---|---|---|---|---|"]
+        stages = []
+        for row in (row for row in table if row["section"] == section):
+            stages += [row[key].split(":")[0] for key in ("source", "original_source") if key in row]
+            lines.append(_markdown_row(row))
+        lines += _figures(out_dir, [stage for stage in dict.fromkeys(stages) if stage not in shown])
+        shown.update(stages)
+    rest = [folder.name for folder in sorted(out_dir.iterdir()) if folder.is_dir() and folder.name not in shown]
+    figures = _figures(out_dir, rest)
+    if figures:
+        lines += ["", "## Other figures", *figures]
     return "\n".join(lines) + "\n"
+
+
+def _markdown_row(row: dict[str, Any]) -> str:
+    original = _fmt(row["original_value"], row["kind"]) if "original_value" in row else ""
+    holds = "" if "holds" not in row else ("yes" if row["holds"] else "**no**")
+    if "holds_original" in row:
+        holds += f" / {'yes' if row['holds_original'] else '**no**'}"
+    return (f"| {row['name'].replace('|', chr(92) + '|')} | {row['paper']} | {_fmt(row['value'], row['kind'])} "
+            f"| {original} | {row['rule']} | {holds} | `{row['source']}` |")
+
+
+def _figures(out_dir: Path, stages: list[str]) -> list[str]:
+    """The PNGs the given stages wrote, each under the section whose numbers it draws."""
+    pngs = [png for stage in stages for png in sorted((out_dir / stage).glob("*.png"))]
+    if not pngs:
+        return []
+    return ["", *[f"![{png.parent.name}/{png.name}]({png.relative_to(out_dir).as_posix()})" for png in pngs]]

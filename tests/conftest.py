@@ -70,3 +70,14 @@ def tiny_joint_run(tiny_stage1_dir: Path, tiny_nfm_dir: Path,
 @pytest.fixture(scope="session")
 def tiny_joint_dir(tiny_joint_run: tuple[Path, dict]) -> Path:
     return tiny_joint_run[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_sae2_dir(tiny_stage1_dir: Path, tiny_nfm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished stage-3 (secondary SAE) directory of the tiny preset, on ``tiny_nfm_dir``."""
+    from part10_sae_decomp_of_NFM import main
+
+    out = tmp_path_factory.mktemp("tiny_sae2") / "sae2"
+    main(["--preset", "tiny", "--sae1_model_path", str(tiny_stage1_dir), "--nfm_model_path", str(tiny_nfm_dir),
+          "--checkpoint_dir", str(out)])
+    return out

@@ -2,6 +2,7 @@
 skips every finished stage, and a failing stage stops the run with earlier outputs intact. Every row's file, key and
 "holds" verdict are also held to a table written by hand below, independently of common/report.py."""
 import json
+import math
 import subprocess
 import sys
 from collections.abc import Callable
@@ -45,7 +46,7 @@ def test_every_row_has_a_value_read_from_its_stage(tiny_run):
                 name = "metrics.json" if (folder / "metrics.json").is_file() else "results.json"
                 outputs[stage] = json.loads((folder / name).read_text())
             expected = lookup(outputs, row[key])
-            assert row["value" if key == "source" else "original_value"] == expected, row["name"]
+            assert _same(row["value" if key == "source" else "original_value"], expected), row["name"]
         assert row["value"] is not None
     markdown = (tiny_run / "REPORT.md").read_text()
     assert "| variance explained | 86.4% |" in markdown and "![" in markdown
@@ -98,7 +99,11 @@ def test_regression_pin_tiny_report_numbers(tiny_run):
 ALPHA = 0.01  # "p < 0.01" in the rules
 STAGE_OUTPUTS = ("sae1/metrics.json", "nfm/metrics.json", "sae2/metrics.json", "joint/metrics.json",
                  "kl14/results.json", "kl14_original/results.json", "ortho/results.json", "bimodal/results.json",
-                 "kl18/results.json", "kl18_original/results.json")
+                 "kl18/results.json", "kl18_original/results.json", "discovery/results.json",
+                 "discovery_original/results.json", "selection/results.json", "selection_original/results.json",
+                 "clamp/results.json", "clamp_original/results.json", "clamp_linear/results.json",
+                 "sparsity/results.json")
+BOTH_MODES = ("kl14", "kl18", "discovery", "selection", "clamp")  # stages with an --original_eval twin
 Outputs = dict[str, Any]  # stage name ("kl14") → its parsed output file
 
 
@@ -312,7 +317,86 @@ EXPECTED: dict[str, dict[str, Expected]] = {
             verdict=lambda o: _spearman(o, "residual", positive=True)),
     },
 }
+
+
+def _both(stage: str, *keys: Any, verdict: Callable[[Outputs], bool] | None = None) -> Expected:
+    """A behavioral figure, in the stage's file and in its --original_eval twin's, at the same key path."""
+    return Expected((f"{stage}/results.json", keys), (f"{stage}_original/results.json", keys), verdict)
+
+
+def _replicates(o: Outputs, factor: str) -> bool:
+    """Rule "same sign as on the selecting texts": the top feature's held-out t points the same way."""
+    top = o["discovery"][factor]["top"][0]
+    return (top["t"] > 0) == (top["t_heldout"] > 0)
+
+
+def _selected(o: Outputs) -> dict:
+    return o["selection"]["ranked"]["interaction"][0]
+
+
+def _sparsity(*keys: Any) -> Expected:
+    return Expected(("sparsity/results.json", ("embeddings", *keys)))
+
+
+BEHAVIOR: dict[str, dict[str, Expected]] = {
+    "NFM weight rows (part4)": {
+        "most unequal embedding row: Gini": _sparsity("most_unequal", 0, "gini"),
+        "its entropy effective rank": _sparsity("most_unequal", 0, "effective_rank"),
+        # Rule: the trained rows are more unequal on average than rows of untrained |N(0, σ)| draws.
+        "mean Gini of the embedding rows": Expected(
+            ("sparsity/results.json", ("embeddings", "means", "gini")),
+            verdict=lambda o: o["sparsity"]["embeddings"]["means"]["gini"]
+            > o["sparsity"]["embeddings"]["untrained_reference"]["mean"]),
+        "untrained |N(0, σ)| rows: Gini": _sparsity("untrained_reference", "mean"),
+    },
+    "Features (part9b, part11)": {
+        **{f"{factor}: top primary feature's t": _both("discovery", factor, "top", 0, "t")
+           for factor in ("formality", "emotion")},
+        **{f"{factor}: its t on the held-out texts": _both("discovery", factor, "top", 0, "t_heldout",
+                                                           verdict=lambda o, factor=factor: _replicates(o, factor))
+           for factor in ("formality", "emotion")},
+    },
+    "Selected secondary feature (part11)": {
+        "top feature by the one-way F over the cells: F": _both("selection", "by_omnibus_all_texts", "F"),
+        "top feature by the one-way F over the cells: p": _both("selection", "by_omnibus_all_texts", "p"),
+        "top feature by the interaction F: F (selecting texts)": _both("selection", "ranked", "interaction", 0, "F"),
+        "its BH q over all features": _both("selection", "ranked", "interaction", 0, "q_all",
+                                            verdict=lambda o: _selected(o)["q_all"] < 0.05),
+        "its interaction F on the held-out texts": _both("selection", "ranked", "interaction", 0, "F_heldout",
+                                                         verdict=lambda o: _selected(o)["p_heldout"] < 0.05),
+        "counterexample (lowest one-way F): F": _both("selection", "counterexamples", 0, "F"),
+        "counterexample: p": _both("selection", "counterexamples", 0, "p"),
+    },
+    "2×2 logit test (part13)": {
+        **{name.format(m=m): _both("clamp", "target_by_value", m, *keys) for m in ("-4", "0", "4")
+           for name, keys in (("m = {m}: the original statistic F (df 1, 78)", ("original_pseudo_interaction", "F")),
+                              ("m = {m}: by-word interaction p", ("by_word", "p")),
+                              ("m = {m}: Holm p over every feature × multiplier", ("holm_p",)),
+                              ("m = {m}: difference of differences (logits)", ("difference_of_differences",)))},
+        "m = -4: by-prompt (repeated-measures) p": _both("clamp", "by_prompt", "p"),
+        "m = -4: word-label permutation p": _both("clamp", "permutation_p"),
+        "m = -4: percentile of the by-word F among random features": _both("clamp", "null_percentile", "percentile"),
+        "m = -4: formality main effect (logits)": _both("clamp", "by_word", "formality", "mean_diff"),
+        "m = -4: emotion main effect (logits)": _both("clamp", "by_word", "emotion", "mean_diff"),
+        "m = -4: greedy tokens changed": _both("clamp", "greedy_tokens_changed"),
+        # Rule: significant after Holm over the whole family, and beyond 95% of random active features.
+        "the interaction is significant (by-word Holm p)": _both(
+            "clamp", "holm_p", verdict=lambda o: o["clamp"]["holm_p"] < 0.05
+            and o["clamp"]["null_percentile"]["percentile"] >= 95),
+        "identity: max |Δlogit| at m = 1": _both("clamp", "identity_max_abs_dlogit",
+                                                  verdict=lambda o: o["clamp"]["identity_max_abs_dlogit"] == 0),
+        "linear control, m = -4: mean |Δlogit|": Expected(("clamp_linear/results.json", ("mean_abs_dlogit",)),
+                                                           verdict=lambda o: o["clamp_linear"]["mean_abs_dlogit"] > 0),
+        "linear control, m = -4: by-word interaction F": Expected(("clamp_linear/results.json", ("by_word", "F"))),
+    },
+}
+EXPECTED.update(BEHAVIOR)
 TABLE = {(section, name): expected for section, named in EXPECTED.items() for name, expected in named.items()}
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, where a NaN (a test with no variance to test, on the tiny model) equals a NaN."""
+    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
 
 
 def _at(data: Any, keys: tuple) -> Any:
@@ -354,7 +438,7 @@ def test_every_row_value_is_read_from_the_file_and_key_the_table_names(tiny_run)
             if entry is None:
                 continue
             file, keys = entry
-            if row[column] != _at(outputs[file], keys):
+            if not _same(row[column], _at(outputs[file], keys)):
                 wrong.append((key, column, row[column], _at(outputs[file], keys)))
             # Two keys can hold equal numbers (the SAE's KL ratio to ε-random and to ε of its own norm), so the
             # named source is held to the table too.
@@ -365,8 +449,8 @@ def test_every_row_value_is_read_from_the_file_and_key_the_table_names(tiny_run)
 
 def test_every_holds_verdict_is_the_rule_computed_here(tiny_run):
     rows, outputs = _table_rows(tiny_run), _stage_outputs(tiny_run)
-    # The original evaluation applies the same claim to the --original_eval KL stages' files.
-    original = {**outputs, "kl14": outputs["kl14_original"], "kl18": outputs["kl18_original"]}
+    # The original evaluation applies the same claim to the --original_eval stages' files.
+    original = {**outputs, **{stage: outputs[f"{stage}_original"] for stage in BOTH_MODES}}
     assert {key for key, row in rows.items() if "holds" in row} == {key for key, e in TABLE.items() if e.verdict}
     assert {key for key, row in rows.items() if "holds_original" in row} == {
         key for key, e in TABLE.items() if e.verdict and e.original}

@@ -1,0 +1,115 @@
+"""Stage 10c (part11, with 11b's counterexamples and 11c's distribution): which secondary features of the NFM's
+interaction pathway respond to the formality × emotion interaction (METHOD §10). Per selection text: primary SAE →
+NFM → Linear1 → secondary SAE, mean over its tokens; per secondary feature the two-way interaction F (the ranking,
+by default) and the paper's one-way F over the four cells; chosen on half the texts, reported on the other half, BH q
+over all features; the target's primary inputs attributed by ablation.
+
+    python part11_NFMSAE_Analysis.py --sae1_model_path checkpoints_topk --nfm_model_path checkpoints_nfm \\
+        --interaction_sae_path interaction_sae --discovery_dir discovery_results --output_dir selection_results
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.analysis import read_results
+from common.behavior_stage import attribution, finish, open_run, ranked, stimulus_set, text_means
+from common.behavior_stats import active_in, screen_interaction, screen_oneway
+from common.cli import run_cli
+from common.config import parse_config
+from common.errors import UserError
+from common.plots import plot_heatmap, plot_histograms
+from common.stimuli import CELLS
+
+ANALYSIS = "selection"
+RANKINGS = {"interaction": "F", "omnibus": "F"}
+PAPER = ("paper (original sentences, 10 per cell): feature 4022, one-way F = 26.72, p = 2.85e-9 (df (3, 36)); "
+         "counterexample 1113, F = 0.022, p = 0.996")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    cfg = parse_config("selection", __doc__, argv)
+    if cfg.rank_by not in RANKINGS:
+        raise UserError(f"--rank_by must be interaction or omnibus, got {cfg.rank_by!r}")
+    run = open_run(cfg)
+    discovery = read_results(cfg.discovery_dir, "--discovery_dir", "discovery")
+    mine = {source.flag.lstrip("-"): source.record()["weights_sha256"] for source in run.sources[:2]}
+    for name, sha in mine.items():
+        if discovery["inputs"].get(name, {}).get("weights_sha256") != sha:
+            raise UserError(f"--discovery_dir {cfg.discovery_dir} was made with another {name} than this run's")
+    stimuli = stimulus_set(run, "selection")
+    values = text_means(run, stimuli.texts).secondary.double().numpy()  # (texts, F2)
+    eligible = active_in(values, cfg.min_active_texts)
+
+    def screens(mask: np.ndarray) -> dict[str, dict]:
+        return {"interaction": screen_interaction(values[mask], stimuli.formality[mask], stimuli.emotion[mask]),
+                "omnibus": screen_oneway(values[mask], stimuli.cell[mask])}
+
+    select, report, every = screens(stimuli.select), screens(stimuli.report), screens(np.ones_like(stimuli.select))
+    tables, orders = {}, {}
+    for name in RANKINGS:
+        orders[name], tables[name] = ranked(select[name], report[name], every[name], "F", eligible, cfg.top_n)
+        for row in tables[name]:
+            row["df"] = select[name]["df"]
+    order = orders[cfg.rank_by]
+    if order.size < 1 + cfg.exploratory:
+        raise UserError(f"only {order.size} secondary features are eligible; need {1 + cfg.exploratory} "
+                        f"(lower --min_active_texts or --exploratory)")
+    target, exploratory = int(order[0]), [int(i) for i in order[1:1 + cfg.exploratory]]
+    omnibus_all = every["omnibus"]
+    usable = np.flatnonzero(eligible & np.isfinite(omnibus_all["F"]))
+    best_omnibus = int(usable[np.argmax(omnibus_all["F"][usable])])
+    counterexamples = [{"feature": int(i), "F": float(omnibus_all["F"][i]), "p": float(omnibus_all["p"][i])}
+                       for i in usable[np.argsort(omnibus_all["F"][usable])][:2]]
+    primaries = sorted({row["feature"] for factor in ("formality", "emotion") for row in discovery[factor]["top"]})
+    cell_means = np.stack([values[stimuli.cell == c].mean(0) for c in range(len(CELLS))], axis=1)  # (F2, 4)
+    results: dict[str, Any] = {
+        "analysis": ANALYSIS, **run.describe(), "stimuli": stimuli.record, "rank_by": cfg.rank_by,
+        "features": int(values.shape[1]), "eligible_features": int(eligible.sum()),
+        "target": target, "exploratory": exploratory, "ranked": tables,
+        "by_omnibus_all_texts": {"feature": best_omnibus, "F": float(omnibus_all["F"][best_omnibus]),
+                                 "p": float(omnibus_all["p"][best_omnibus]), "df": omnibus_all["df"]},
+        "counterexamples": counterexamples,
+        "target_cell_means": dict(zip(CELLS, cell_means[target].tolist())),
+        "attribution": attribution(run, stimuli.texts, target, primaries),
+        "attribution_rule": "mean drop of the target's code when one primary feature (of --discovery_dir's) is taken "
+                            "out of the NFM's input, all others kept",
+    }
+
+    def plot(folder: Path) -> None:
+        plot_histograms({f"{name} F": every[name]["F"][eligible & np.isfinite(every[name]["F"])] for name in RANKINGS},
+                        folder / "f_distribution.png", "Secondary features' F over all texts (eligible features)",
+                        "F", log_y=True, vlines={"target": float(every[cfg.rank_by]["F"][target])})
+        shown = [target, *exploratory]
+        z = cell_means[shown] - cell_means[shown].mean(1, keepdims=True)
+        plot_heatmap(z / (cell_means[shown].std(1, keepdims=True) + 1e-12), [str(i) for i in shown], list(CELLS),
+                     folder / "heatmap.png", "Selected secondary features: mean code per cell", "z-scored mean code")
+
+    finish(run, results, plot)
+    print(format_table(results))
+    return results
+
+
+def format_table(results: dict[str, Any]) -> str:
+    lines = [f"Secondary features by the formality × emotion interaction (METHOD §10, part11; ranked by "
+             f"{results['rank_by']} F, {results['stimuli']['split']} split; {results['eligible_features']:,} of "
+             f"{results['features']:,} eligible)",
+             f"  {'feature':>8}{'F':>9}{'p':>11}{'F held out':>12}{'q (all)':>11}"]
+    for row in results["ranked"][results["rank_by"]]:
+        lines.append(f"  {row['feature']:>8}{row['F']:>9.2f}{row['p']:>11.2e}{row['F_heldout']:>12.2f}"
+                     f"{row['q_all']:>11.2e}")
+    best = results["by_omnibus_all_texts"]
+    lines.append(f"target {results['target']}, exploratory {results['exploratory']}; by the paper's one-way F on all "
+                 f"texts: {best['feature']} (F = {best['F']:.2f}, p = {best['p']:.2e}, df {tuple(best['df'])})")
+    lines.append("counterexamples: " + ", ".join(f"{c['feature']} (F = {c['F']:.3f}, p = {c['p']:.3f})"
+                                                 for c in results["counterexamples"]))
+    lines.append("target's primary inputs (code drop when taken out): " + ", ".join(
+        f"{row['primary']}: {row['mean_code_drop']:+.3g}" for row in results["attribution"][:5]))
+    lines.append(PAPER)
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    run_cli(main)

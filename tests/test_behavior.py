@@ -1,0 +1,98 @@
+"""common/behavior.py: the behavioral pipeline is what part14 patches, and the clamp changes one feature and nothing
+else (METHOD §10 decisions 3 and 4)."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from common.behavior import Clamp
+from common.behavior_stage import BehaviorRun, last_position_logits, open_run, token_ids
+from common.config import build_config
+from common.hooks import capture_layer, patch_layer
+from common.kl_conditions import sequential_conditions
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["as_trained", "original_eval"])
+def run(request, tiny_stage1_dir: Path, tiny_nfm_dir: Path, tiny_sae2_dir: Path, tmp_path_factory) -> BehaviorRun:
+    cfg = build_config("clamp", {"preset": "tiny", "sae1_model_path": str(tiny_stage1_dir),
+                                 "nfm_model_path": str(tiny_nfm_dir), "interaction_sae_path": str(tiny_sae2_dir),
+                                 "output_dir": str(tmp_path_factory.mktemp("out") / "x"),
+                                 "original_eval": request.param})
+    return open_run(cfg, lm_dtype=torch.float32)
+
+
+PROMPT = "The lobster grows in the cold sea near the coast"
+
+
+def residual(run: BehaviorRun) -> torch.Tensor:
+    return capture_layer(run.lm.model, token_ids(run, PROMPT), run.layer)
+
+
+def test_the_pipeline_reconstructs_what_part14_patches(run: BehaviorRun):
+    pipe = run.pipeline
+    rows = residual(run)[0].float()
+    expected = sequential_conditions(pipe.sae, pipe.nfm, pipe.norm, pipe.settings, pipe.decode)(rows)["sae_nfm"]
+    assert torch.equal(pipe.run(rows).reconstruction, expected)
+    assert run.layer == 2 + pipe.settings.layer_offset
+    assert run.patch == ("replace" if run.cfg.original_eval else "delta")
+
+
+def _clean_and(run: BehaviorRun, clamps: list[Clamp]) -> tuple[torch.Tensor, torch.Tensor]:
+    clean, patched = last_position_logits(run, PROMPT, clamps)
+    return clean, patched
+
+
+def test_a_multiplier_of_one_and_no_clamp_leave_the_clean_model_bit_for_bit(run: BehaviorRun):
+    if run.patch != "delta":
+        pytest.skip("the promise is delta's; replace swaps in the pipeline's reconstruction")
+    out = run.pipeline.run(residual(run)[0].float())
+    active = int(out.secondary_indices[0, 0])
+    clamps = [Clamp("secondary", active, 1.0), Clamp("linear", int(out.nfm_indices[-1, 0]), 1.0), Clamp("none", 0, 0)]
+    clean, patched = _clean_and(run, clamps)
+    assert all(torch.equal(row, clean) for row in patched)
+    ids = token_ids(run, PROMPT)  # through the layer hook too, as generate runs it
+    with torch.no_grad():
+        plain = run.lm.model(ids).logits
+        with patch_layer(run.lm.model, run.layer, lambda h: run.pipeline.patched(h, clamps[0], "delta", 1)):
+            hooked = run.lm.model(ids).logits
+    assert torch.equal(plain, hooked)
+
+
+def test_clamping_a_feature_that_never_fires_changes_nothing_and_setting_an_active_one_does(run: BehaviorRun):
+    out = run.pipeline.run(residual(run)[0].float())
+    silent = sorted(set(range(run.pipeline.secondary.num_features)) - set(out.secondary_indices.flatten().tolist()))[0]
+    active = int(out.secondary_indices[-1, 0])
+    biggest = float(out.secondary_acts.max())
+    clean, patched = _clean_and(run, [Clamp("secondary", silent, 4.0), Clamp("secondary", active, 10 * biggest, "set"),
+                                      Clamp("secondary", silent, 1.0)])
+    if run.patch == "delta":
+        assert torch.equal(patched[0], clean)
+    else:  # replace: the silent clamp is the unclamped pipeline, bit for bit
+        assert torch.equal(patched[0], patched[2])
+    assert (patched[1] - patched[2]).abs().max() > 1e-6  # small on the tiny model, but far above no change at all
+
+
+def test_the_linear_delta_is_the_change_of_one_term_of_the_linear_layer(run: BehaviorRun):
+    pipe = run.pipeline
+    rows = residual(run)[0].float()
+    out = pipe.run(rows)
+    feature, m = int(out.nfm_indices[-1, 0]), -4.0
+    change = pipe.patched(rows[None], Clamp("linear", feature, m), "delta")[0] - rows
+    f_i = (out.nfm_acts * (out.nfm_indices == feature)).sum(-1, keepdim=True)
+    scale = pipe.norm.std if pipe.settings.normalize else torch.ones_like(pipe.norm.std)
+    expected = ((m - 1) * f_i) * pipe.nfm.linear_weight[feature] * scale
+    torch.testing.assert_close(change, expected, rtol=0, atol=1e-6)  # rows + delta − rows: one rounding of rows
+
+
+def test_a_secondary_clamp_moves_the_hidden_vector_as_the_secondary_decode_of_the_changed_codes(run: BehaviorRun):
+    pipe = run.pipeline
+    out = pipe.run(residual(run)[0].float())
+    feature, m = int(out.secondary_indices[-1, 0]), 4.0
+    scaled = torch.where(out.secondary_indices == feature, m * out.secondary_acts, out.secondary_acts)
+    decode = pipe.secondary.decode  # the secondary SAE's own decode of the changed codes, un-z-scored
+    shift = pipe.secondary_norm.std * (decode(scaled, out.secondary_indices, "dense")
+                                       - decode(out.secondary_acts, out.secondary_indices, "dense"))
+    got = pipe.output_change(out, Clamp("secondary", feature, m), "delta")
+    expected = pipe.nfm.readout(out.hidden + shift) - out.interaction
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert got[-1].abs().max() > 0
