@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from common.activations import ActivationStream
 from common.analysis import read_results
 from common.behavior import Clamp
 from common.behavior_stage import finish, greedy, open_run, top_examples
@@ -53,8 +54,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tokenizer = run.lm.tokenizer
     text = WindowedText(resolve_text(cfg.eval_text_files, cfg.preset, "eval"), tokenizer, cfg.window,
                         run.lm.bos_token_id if run.lm.adds_bos else None)
+    stream = ActivationStream(run.lm, run.layer, text, cfg.batch_size, cache_dir=cfg.cache_dir)
+    if not cfg.original_eval and run.layer + 1 < run.lm.num_layers:  # the same pass keeps the next block's
+        stream.also_cache((run.layer + 1,))  # residual, the one --original_eval reads
     indices = text.available(0, cfg.num_windows)
-    best, counts, summary = top_examples(run, text, indices, features, cfg.examples, cfg.batch_size)
+    best, counts, summary = top_examples(run, stream, indices, features, cfg.examples, cfg.batch_size)
     prompts = load_stimuli(cfg.stimuli).prompts
     clamps = [Clamp("secondary", f, value, cfg.clamp_mode) for f in features for value in cfg.multipliers]
     continued = {prompt: greedy(run, prompt, [None, *clamps], cfg.generation_tokens) for prompt in prompts}

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from common.cli import ERROR_FILE_ENV, run_cli
 from common.config import PRESETS
 from common.errors import UserError
+from common.launch import preload, run_script
 from common.outputs import OutputDir
 from common.report import write_report
 from common.run_records import RUN_RECORDS, RunRecord, stage_identity
@@ -64,13 +62,12 @@ def run_stage(stage: Stage, argv: list[str], out_dir: Path, text_files: list[str
     error_file = record.path.with_suffix(".error")
     error_file.unlink(missing_ok=True)
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, str(ROOT / stage.script), *argv, *extra], cwd=ROOT,
-                            env={**os.environ, ERROR_FILE_ENV: str(error_file)})
+    returncode = run_script(ROOT / stage.script, [*argv, *extra], {ERROR_FILE_ENV: str(error_file)})
     # A resumed stage reports the wall time of all its attempts.
     written = record.write(stage.script, earlier + time.perf_counter() - started)
-    if result.returncode != 0:
+    if returncode != 0:
         reason = error_file.read_text(encoding="utf-8") if error_file.is_file() else (
-            f"exit code {result.returncode}, see its output above")
+            f"exit code {returncode}, see its output above")
         error_file.unlink(missing_ok=True)
         raise UserError(f"stage {stage.name} ({stage.script}) failed: {reason}; earlier stages' outputs in {out_dir} "
                         "are intact, re-run the same command to continue")
@@ -110,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     text_files = [*(args.text_files or []), *(args.eval_text_files or [])]
     stages = [stage for stage in STAGES if not args.stages or stage.name in args.stages]
     check_inputs_exist(stages, out_dir)
+    preload()
     fresh = not out_dir.exists()
     try:
         with OutputDir(out_dir, resume=True).writing():  # one reproduce.py per run folder at a time

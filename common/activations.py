@@ -19,7 +19,7 @@ from common.checkpoint import (
 )
 from common.data import WindowedText, is_validation_window
 from common.errors import UserError
-from common.hooks import capture_layer
+from common.hooks import capture_layers
 from common.lm import LoadedLM
 
 SHARD_WINDOWS = 64  # cache granularity: stages with different chunk sizes share one cache
@@ -90,7 +90,8 @@ class ActivationStream:
     ) -> None:
         self.lm, self.layer, self.text, self.batch_size = lm, layer, text, batch_size
         self.exclude_first_position = exclude_first_position
-        self.device = next(lm.model.parameters()).device
+        self.device = lm.device
+        self.companions: list[ActivationStream] = []
         self.cache = None if cache_dir is None else Path(cache_dir) / f"acts-{self.key()[:16]}"
         if self.cache is not None:
             atomic_save_json(self.describe(), self.cache / "manifest.json")
@@ -111,24 +112,30 @@ class ActivationStream:
     def key(self) -> str:
         return hashlib.sha256(json.dumps(self.describe(), sort_keys=True).encode()).hexdigest()
 
-    def _harvest(self, indices: list[int]) -> Tensor:
-        """(n, T, d) in the LM's dtype on the CPU, running only blocks before the layer."""
-        out = []
+    def also_cache(self, layers: tuple[int, ...]) -> None:
+        """Keep the activations at these other layers of every window this stream harvests, in their own cache
+        folders, from the same forward pass (a later stage that reads one of them then runs no LM)."""
+        if self.cache is not None:
+            self.companions = [ActivationStream(self.lm, layer, self.text, self.batch_size, self.exclude_first_position,
+                                                self.cache.parent) for layer in layers if layer != self.layer]
+
+    def _harvest(self, indices: list[int]) -> dict[int, Tensor]:
+        """Layer → (n, T, d) in the LM's dtype on the CPU, running only blocks up to the deepest layer wanted."""
+        layers = (self.layer, *(companion.layer for companion in self.companions))
+        out: dict[int, list[Tensor]] = {layer: [] for layer in layers}
         with tqdm(total=len(indices), desc=f"harvest layer {self.layer}", unit="win", leave=False,
-                       disable=len(indices) < 4 * self.batch_size) as bar:
+                  disable=len(indices) < 4 * self.batch_size) as bar:
             for start in range(0, len(indices), self.batch_size):
                 batch_indices = indices[start : start + self.batch_size]
                 batch = torch.stack([self.text.get(i) for i in batch_indices]).to(self.device)
-                acts = capture_layer(self.lm.model, batch, self.layer)
-                if not torch.isfinite(acts).all():
-                    raise UserError(
-                        f"non-finite activations at layer {self.layer} of {self.lm.model_id} "
-                        f"(windows from {indices[start]}); "
-                        "try a wider dtype for the LM"
-                    )
-                out.append(acts.cpu())
+                for layer, acts in capture_layers(self.lm.model, batch, layers).items():
+                    if not torch.isfinite(acts).all():
+                        raise UserError(f"non-finite activations at layer {layer} of {self.lm.model_id} (windows "
+                                        f"from {indices[start]}); try a wider dtype for the LM")
+                    out[layer].append(acts.cpu())
                 bar.update(batch.shape[0])
-        return torch.cat(out) if out else torch.empty(0, self.text.window, self.lm.d_model, dtype=self.lm.dtype)
+        empty = torch.empty(0, self.text.window, self.lm.d_model, dtype=self.lm.dtype)
+        return {layer: torch.cat(parts) if parts else empty for layer, parts in out.items()}
 
     def _shard(self, shard: int) -> dict[int, Tensor]:
         path = self.cache / f"shard_{shard:06d}.safetensors"
@@ -137,8 +144,11 @@ class ActivationStream:
             tensors, metadata = load_tensors_with_metadata(path)
             self._check_shard(path, tensors, metadata, indices)
         else:
-            tensors = {"acts": self._harvest(indices), "indices": torch.tensor(indices, dtype=torch.int64)}
-            atomic_save_safetensors(tensors, path, metadata={"key": self.key()})
+            harvested = self._harvest(indices)
+            for stream in (self, *self.companions):
+                tensors = {"acts": harvested[stream.layer], "indices": torch.tensor(indices, dtype=torch.int64)}
+                atomic_save_safetensors(tensors, stream.cache / path.name, metadata={"key": stream.key()})
+            tensors["acts"] = harvested[self.layer]
         return {int(i): a for i, a in zip(tensors["indices"], tensors["acts"])}
 
     def _check_shard(self, path: Path, tensors: dict[str, Tensor], metadata: dict[str, str],
@@ -160,7 +170,7 @@ class ActivationStream:
     def windows(self, indices: list[int]) -> Tensor:
         """Activations of the given (existing) windows, (n, T, d)."""
         if self.cache is None:
-            return self._harvest(indices)
+            return self._harvest(indices)[self.layer]
         by_index: dict[int, Tensor] = {}
         for shard in sorted({i // SHARD_WINDOWS for i in indices}):
             by_index.update(self._shard(shard))

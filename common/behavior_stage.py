@@ -15,16 +15,16 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from common.activations import ActivationStream
 from common.behavior import Clamp, Pipeline
 from common.behavior_stats import bh_fdr
 from common.checkpoint import git_commit, write_results
 from common.codes import scatter_codes
 from common.config import input_paths
-from common.data import WindowedText
 from common.errors import UserError
 from common.hooks import capture_layer, patch_layer, run_from_layer
 from common.kl_conditions import original_settings, trained_settings
-from common.lm import LoadedLM, load_lm
+from common.lm import LoadedLM
 from common.loading import (
     StageInput,
     check_nfm_on_sae,
@@ -35,7 +35,7 @@ from common.loading import (
     require_same_lm,
 )
 from common.outputs import OutputDir
-from common.stage import Runtime, model_record, runtime
+from common.stage import Runtime, model_record, open_lm, runtime
 from common.stimuli import CELLS, load_stimuli, tokens_per_cell, words_per_cell
 
 log = logging.getLogger(__name__)
@@ -81,13 +81,14 @@ def open_run(cfg: Any, secondary: bool = True, lm_dtype: torch.dtype | None = No
     else:
         settings = trained_settings(nfm_source.config["sae_k"], nfm_source.config["top_n_features"])
     rt = runtime(cfg)
-    lm = load_lm(cfg.model, rt.device, dtype=lm_dtype, trust_remote_code=cfg.trust_remote_code)
+    lm = open_lm(cfg, rt.device, lm_dtype)
     record = model_record(lm, cfg.layer)
     for source in sources:
         require_same_lm(source, record)
     layer = cfg.layer + settings.layer_offset
-    if not 1 <= layer <= lm.num_layers - 1:
-        raise UserError(f"the residual is read at layer {layer}, outside 1..{lm.num_layers - 1} of this model")
+    if layer > lm.num_layers - 1:
+        raise UserError(f"--original_eval reads the residual one block later, at layer {layer}, but this "
+                        f"{lm.num_layers}-block model's last patchable layer is {lm.num_layers - 1}")
     device = rt.device
     pipeline = Pipeline(sae.to(device), norm.to(device), nfm.to(device), settings, rt.decode,
                         None if second is None else second.to(device),
@@ -251,11 +252,12 @@ def attribution(run: BehaviorRun, texts: list[str], secondary: int, primaries: l
 Examples = dict[int, list[tuple[float, int, int]]]  # feature -> its largest codes as (code, window, position)
 
 
-def top_examples(run: BehaviorRun, text: WindowedText, indices: list[int], features: list[int], examples: int,
+def top_examples(run: BehaviorRun, stream: ActivationStream, indices: list[int], features: list[int], examples: int,
                  batch_size: int) -> tuple[Examples, Tensor, dict[int, dict[str, float]]]:
-    """Scan windows of a text: per feature its ``examples`` largest codes as (code, window, position), the token
-    counts of the scanned real positions (for the labels' lift over corpus frequency), and each feature's mean code
-    and active share over those positions."""
+    """Scan windows of a text (their activations from ``stream``, so from its cache where it has them): per feature
+    its ``examples`` largest codes as (code, window, position), the token counts of the scanned real positions (for
+    the labels' lift over corpus frequency), and each feature's mean code and active share over those positions."""
+    text = stream.text
     vocab = len(run.lm.tokenizer)
     counts = torch.zeros(vocab, dtype=torch.float64)
     best: Examples = {f: [] for f in features}
@@ -263,13 +265,13 @@ def top_examples(run: BehaviorRun, text: WindowedText, indices: list[int], featu
     wanted = torch.tensor(features, device=run.rt.device)
     for start in tqdm(range(0, len(indices), batch_size), desc="scan", unit="batch", leave=False):
         chunk = indices[start : start + batch_size]
-        ids = torch.stack([text.get(i) for i in chunk]).to(run.rt.device)
-        residual = capture_layer(run.lm.model, ids, run.layer)
+        ids = torch.stack([text.get(i) for i in chunk])
+        residual = stream.windows(chunk).to(run.rt.device)
         out = run.pipeline.run(residual.reshape(-1, residual.shape[-1]).float())
         hits = out.secondary_indices.unsqueeze(-1) == wanted  # (B·T, K2, n features)
         codes = (out.secondary_acts.unsqueeze(-1) * hits).sum(1).reshape(len(chunk), ids.shape[1], len(features))
         codes[:, : run.first_position] = 0  # BOS is no example
-        counts += torch.bincount(ids[:, run.first_position:].flatten().cpu(), minlength=vocab).double()
+        counts += torch.bincount(ids[:, run.first_position:].flatten(), minlength=vocab).double()
         for j, feature in enumerate(features):
             feature_codes = codes[..., j]
             totals[feature][0] += float(feature_codes.sum())

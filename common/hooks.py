@@ -26,31 +26,43 @@ class _StopForward(Exception):
         self.hidden = hidden
 
 
-def check_layer(model: PreTrainedModel, layer: int) -> None:
-    """Refuse a layer outside 1..num_layers-1: ``hidden_states[num_layers]`` is after the final norm in HF, not the
-    residual stream."""
-    n = model.config.num_hidden_layers
+def check_layer(model_or_blocks: PreTrainedModel | int, layer: int) -> None:
+    """Refuse a layer outside 1..num_layers-1 (of a model, or of a block count): ``hidden_states[num_layers]`` is
+    after the final norm in HF, not the residual stream."""
+    n = model_or_blocks if isinstance(model_or_blocks, int) else model_or_blocks.config.num_hidden_layers
     if isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= n - 1:
         raise UserError(f"layer must be an integer from 1 to {n - 1} for this {n}-block model, got {layer!r}")
 
 
 def capture_layer(model: PreTrainedModel, input_ids: Tensor, layer: int) -> Tensor:
     """The layer-L residual (B, T, d), running only blocks 0..L-1."""
-    check_layer(model, layer)
+    return capture_layers(model, input_ids, (layer,))[layer]
 
-    def stop(module: torch.nn.Module, args: Any, output: Any) -> None:
-        raise _StopForward(_residual(output))
 
-    handle = model.model.layers[layer - 1].register_forward_hook(stop)
+def capture_layers(model: PreTrainedModel, input_ids: Tensor, layers: tuple[int, ...]) -> dict[int, Tensor]:
+    """The residuals at several layers (each (B, T, d)) from one forward that stops after the deepest of them."""
+    for layer in layers:
+        check_layer(model, layer)
+    captured: dict[int, Tensor] = {}
+
+    def keep(layer: int) -> Callable[..., None]:
+        def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+            captured[layer] = _residual(output)
+            if layer == max(layers):
+                raise _StopForward(captured[layer])
+        return hook
+
+    handles = [model.model.layers[layer - 1].register_forward_hook(keep(layer)) for layer in set(layers)]
     # no_grad, not inference_mode: inference tensors cannot be saved for backward, and SAEs train on these.
     try:
         with torch.no_grad():
             model.model(input_ids=input_ids, use_cache=False)
-    except _StopForward as stopped:
-        return stopped.hidden
+    except _StopForward:
+        return captured
     finally:
-        handle.remove()
-    raise RuntimeError(f"block {layer - 1} never ran during the forward pass")
+        for handle in handles:
+            handle.remove()
+    raise RuntimeError(f"block {max(layers) - 1} never ran during the forward pass")
 
 
 def capture_layer_and_logits(model: PreTrainedModel, input_ids: Tensor, layer: int) -> tuple[Tensor, Tensor]:

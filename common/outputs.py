@@ -139,7 +139,11 @@ class OutputDir:
 
 
 @atexit.register
-def _release_all() -> None:
+def release_all() -> None:
     for path in list(_HELD):
         (path / LOCK_FILE).unlink(missing_ok=True)
     _HELD.clear()
+
+
+# A forked child holds none of its parent's locks (reproduce.py forks each stage while it holds the run's lock).
+os.register_at_fork(after_in_child=_HELD.clear)

@@ -37,9 +37,9 @@ def runtime(cfg: Any) -> Runtime:
     return Runtime(device, resolve_precision(cfg.precision, device), resolve_decode(cfg.decode, device))
 
 
-def open_lm(cfg: Any, device: torch.device) -> LoadedLM:
-    lm = load_lm(cfg.model, device, trust_remote_code=cfg.trust_remote_code)
-    check_layer(lm.model, cfg.layer)
+def open_lm(cfg: Any, device: torch.device, dtype: torch.dtype | None = None) -> LoadedLM:
+    lm = load_lm(cfg.model, device, dtype, trust_remote_code=cfg.trust_remote_code, cache_dir=cfg.cache_dir)
+    check_layer(lm.num_layers, cfg.layer)
     return lm
 
 
@@ -54,7 +54,8 @@ def open_stream(cfg: Any, lm: LoadedLM, role: str = "train", files: list[str] | 
 
 def release(lm: LoadedLM) -> None:
     """Free the LM before training: at paper scale its 6.9 GB are better spent elsewhere on a 24 GB card."""
-    lm.model.to("meta")
+    if lm.model_loaded:
+        lm.model.to("meta")
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
