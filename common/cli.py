@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from common.errors import UserError
+from common.resources import keep_freed_memory
 
 # Set by reproduce.py for each stage it runs: where the stage leaves its error message instead of printing an
 # ``error:`` line of its own, so that the user sees one error line, reproduce.py's, naming the stage.
@@ -19,6 +20,7 @@ def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None =
     # Huge pages for PyTorch's large CPU buffers: faulting in each step's fresh 640 MB gradient was ~40% of an NFM
     # step here; PyTorch reads this at its first CPU allocation, and the scripts allocate nothing before this point.
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+    keep_freed_memory()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         main(argv)

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import torch
 
 from common.errors import UserError
+from common.fp16_emulation import fp16_products
 
 # Per choice: its allowed values, and what ``auto`` means on (CUDA, the CPU).
 CHOICES = {
@@ -52,9 +53,11 @@ def param_dtype(precision: str) -> torch.dtype:
 
 @contextlib.contextmanager
 def autocast(precision: str, device: torch.device) -> Iterator[None]:
-    """bf16 autocast for ``bf16``; nothing for ``fp32`` and ``faithful-fp16`` (whose weights are already fp16)."""
+    """bf16 autocast for ``bf16``; for ``faithful-fp16`` (weights already fp16) the CPU's emulation of fp16 products;
+    nothing for ``fp32``."""
     if precision == "bf16":
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
             yield
     else:
-        yield
+        with fp16_products(precision, device):
+            yield

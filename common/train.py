@@ -17,6 +17,7 @@ from common.checkpoint import RESUME_FILE, load_resume_state, write_resume_state
 from common.config import TrainConfig
 from common.device import autocast, param_dtype
 from common.errors import UserError
+from common.fp16_emulation import fp16_products
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,8 @@ class Trainer:
         with autocast(self.precision, self.device):
             loss, logs = self.loss_fn(self.model, batch)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with fp16_products(self.precision, self.device):  # the backward's products too (autocast leaves them be)
+            loss.backward()
         grad_norm = self.clip_gradients()
         self.optimizer.step()
         self.scheduler.step()
