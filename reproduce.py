@@ -100,6 +100,9 @@ def main(argv: list[str] | None = None) -> None:
                              "(default: on for cpu and tiny, off for paper)")
     parser.add_argument("--stages", nargs="+", choices=[s.name for s in STAGES], default=None,
                         help="run only these stages (their inputs must exist)")
+    parser.add_argument("--study", default=None,
+                        help="a study.py study.json of this preset, quoted at the top of REPORT.md "
+                             "(default: docs/results/<preset>-study.json where it exists)")
     args = parser.parse_args(argv)
     if args.cache is None:
         args.cache = args.preset != "paper"
@@ -107,17 +110,27 @@ def main(argv: list[str] | None = None) -> None:
     text_files = [*(args.text_files or []), *(args.eval_text_files or [])]
     stages = [stage for stage in STAGES if not args.stages or stage.name in args.stages]
     check_inputs_exist(stages, out_dir)
+    study = study_file(args)
     preload()
     fresh = not out_dir.exists()
     try:
         with OutputDir(out_dir, resume=True).writing():  # one reproduce.py per run folder at a time
             timings = {stage.name: run_stage(stage, stage_argv(stage, args, out_dir), out_dir, text_files)
                        for stage in stages}
-            report = write_report(out_dir, vars(args), timings)
+            report = write_report(out_dir, vars(args), timings, study)
     except UserError:
         forget_empty_run(out_dir, fresh)
         raise
     print(f"report: {report}")
+
+
+def study_file(args: argparse.Namespace) -> Path | None:
+    if args.study is not None:
+        if not Path(args.study).is_file():
+            raise UserError(f"--study {args.study}: no such file (study.py writes study.json in its --output_dir)")
+        return Path(args.study)
+    default = ROOT / "docs" / "results" / f"{args.preset}-study.json"
+    return default if default.is_file() else None
 
 
 def forget_empty_run(out_dir: Path, fresh: bool) -> None:

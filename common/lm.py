@@ -275,6 +275,8 @@ def _keep_dequantized(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
         config.pop("quantization_config", None)
         (tmp / "config.json").write_text(json.dumps(config), encoding="utf-8")
         tokenizer.save_pretrained(str(tmp))
+        if folder.exists():  # an incomplete folder (no weights: not a cache hit) left by an older version
+            shutil.rmtree(folder)
         os.replace(tmp, folder)
         log.info("kept the de-quantized model in %s", folder)
     except OSError as err:  # a cache that cannot be written costs speed, never the run

@@ -31,7 +31,7 @@ class Row:
     check: Callable[[dict[str, Any], str], bool] | None = None  # (outputs, "" or "_original") → holds?
 
 
-def _fmt(value: Any, kind: str) -> str:
+def format_value(value: Any, kind: str) -> str:
     if isinstance(value, bool) or kind == "bool":
         return "yes" if value else "no"
     if kind == "pct":
@@ -301,8 +301,22 @@ def _hardware() -> str:
             f"torch {torch.__version__}")
 
 
-def write_report(out_dir: Path, args: dict[str, Any], timings: dict[str, dict]) -> Path:
-    """Read every stage's output file, evaluate the rows, write report.json and REPORT.md; returns REPORT.md's path."""
+def study_findings(study_file: Path | None, preset: str | None) -> dict[str, Any] | None:
+    """The findings of the study of this preset (study.py's study.json), or None where there is none."""
+    if study_file is None or not Path(study_file).is_file():
+        return None
+    study = load_json(Path(study_file))
+    if study.get("preset") != preset:
+        return None
+    return {"file": str(study_file), "date": study.get("date"), "git_commit": study.get("git_commit"),
+            "command": study.get("command"),
+            "findings": {name: {"title": question["title"], "finding": question["finding"]}
+                         for name, question in study["questions"].items()}}
+
+
+def write_report(out_dir: Path, args: dict[str, Any], timings: dict[str, dict], study_file: Path | None = None) -> Path:
+    """Read every stage's output file, evaluate the rows, write report.json and REPORT.md; returns REPORT.md's path.
+    ``study_file``: a study.json of this preset, quoted in the "Why the numbers differ" section."""
     out_dir = Path(out_dir)
     outputs = {stage: load_json(out_dir / path) for stage, path in STAGE_FILES.items() if (out_dir / path).is_file()}
     missing = sorted(set(STAGE_FILES) - set(outputs))
@@ -320,6 +334,7 @@ def write_report(out_dir: Path, args: dict[str, Any], timings: dict[str, dict]) 
         "stage_seconds": {name: round(t["seconds"], 1) for name, t in timings.items()},
         "stage_peak_memory_bytes": {name: _peak_memory(output) for name, output in outputs.items()},
         "missing_stages": missing,
+        "study": study_findings(study_file, args.get("preset")),
     }
     atomic_save_json({"header": header, "rows": table}, out_dir / "report.json")
     path = out_dir / "REPORT.md"
@@ -363,8 +378,19 @@ def _header_lines(header: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _study_lines(study: dict[str, Any] | None, preset: str | None) -> list[str]:
+    lines = ["## Why the numbers differ", ""]
+    if study is None:
+        return [*lines, f"Not studied: no study of the {preset} preset was given (`reproduce.py --study`, by default "
+                        f"`docs/results/{preset}-study.json`; `study.py` writes one).", ""]
+    lines += [f"From `{study['file']}` ({study['date']}, commit {study['git_commit']}; `{study['command']}`):", ""]
+    lines += [f"- **{entry['title']}.** {entry['finding']}" for entry in study["findings"].values()]
+    return [*lines, ""]
+
+
 def _markdown(header: dict, table: list[dict], out_dir: Path) -> str:
-    lines = ["# Reproduction report", "", *_header_lines(header)]
+    lines = ["# Reproduction report", "", *_study_lines(header.get("study"), header["preset"]),
+             *_header_lines(header)]
     lines += ["", "Values are read from each stage's output file (`source`); fractions are shown as percents.",
               "\"this run\" evaluates every model as it was trained; "
               "\"original eval\" is `--original_eval` (METHOD §4).",
@@ -390,11 +416,11 @@ def _markdown(header: dict, table: list[dict], out_dir: Path) -> str:
 
 
 def _markdown_row(row: dict[str, Any]) -> str:
-    original = _fmt(row["original_value"], row["kind"]) if "original_value" in row else ""
+    original = format_value(row["original_value"], row["kind"]) if "original_value" in row else ""
     holds = "" if "holds" not in row else ("yes" if row["holds"] else "**no**")
     if "holds_original" in row:
         holds += f" / {'yes' if row['holds_original'] else '**no**'}"
-    return (f"| {row['name'].replace('|', chr(92) + '|')} | {row['paper']} | {_fmt(row['value'], row['kind'])} "
+    return (f"| {row['name'].replace('|', chr(92) + '|')} | {row['paper']} | {format_value(row['value'], row['kind'])} "
             f"| {original} | {row['rule']} | {holds} | `{row['source']}` |")
 
 

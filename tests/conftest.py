@@ -81,3 +81,18 @@ def tiny_sae2_dir(tiny_stage1_dir: Path, tiny_nfm_dir: Path, tmp_path_factory: p
     main(["--preset", "tiny", "--sae1_model_path", str(tiny_stage1_dir), "--nfm_model_path", str(tiny_nfm_dir),
           "--checkpoint_dir", str(out)])
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished tiny run of every stage through reproduce.py's own command line (the report tests and the study
+    read it; treat it as read-only)."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("reproduce")
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, str(root / "reproduce.py"), "--preset", "tiny", "--output_dir", str(out)],
+                            cwd=root, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out

@@ -23,14 +23,6 @@ def _run(out: Path, *extra: str) -> subprocess.CompletedProcess:
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("reproduce")
-    result = _run(out)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
-
-
 def test_every_row_has_a_value_read_from_its_stage(tiny_run):
     report = json.loads((tiny_run / "report.json").read_text())
     assert report["header"]["missing_stages"] == []
@@ -83,12 +75,18 @@ REGRESSION_PIN_ORIGINAL_EVAL = {"kl14:conditions.sae.kl_ratio_eps_random": 1.242
                                 "kl18:conditions.joint_full.kl_reduction": -0.25381338596343994}
 
 
+# float32 sums are reduced in an order that depends on the CPU's kernels (AVX2 or AVX-512): the same commit gave
+# kl18's joint_full reduction 0.41127408 on one machine of this project's kind and 0.41127330 on another (1.9e-6).
+# A change of behaviour moves these numbers by far more than 1e-5.
+PIN_RTOL = 1e-5
+
+
 def test_regression_pin_tiny_report_numbers(tiny_run):
     rows = {row["source"]: row for row in json.loads((tiny_run / "report.json").read_text())["rows"]}
     for source, pinned in REGRESSION_PIN.items():
-        assert rows[source]["value"] == pytest.approx(pinned, rel=1e-6), source
+        assert rows[source]["value"] == pytest.approx(pinned, rel=PIN_RTOL), source
     for source, pinned in REGRESSION_PIN_ORIGINAL_EVAL.items():
-        assert rows[source]["original_value"] == pytest.approx(pinned, rel=1e-6), source
+        assert rows[source]["original_value"] == pytest.approx(pinned, rel=PIN_RTOL), source
 
 
 # ---- every row against a table written by hand ----------------------------------------------------------------------

@@ -1,0 +1,108 @@
+"""Test why this preset's numbers differ from the paper's (METHOD §11), one question at a time, and write STUDY.md and
+study.json with one table per question and the command behind every number.
+
+    python study.py --preset cpu --output_dir runs/cpu-study --main_run runs/cpu            # every question
+    python study.py --preset cpu --output_dir runs/cpu-study --main_run runs/cpu --questions k,pathology
+
+Questions: regime (fp16 as the original trained, against fp32), k (stage 2 at the SAE's trained K), pathology (part14
+with the SAE at its trained K), length (stages 1 and 5 at 3x the steps), seeds (stages 1 → 2 → 5 → 14 → 16 → 17 → 18
+under two more seeds; the main run is seed 0), bimodality (the dip test, a valley check, the initial decoder and the
+features that moved). Without --main_run the main run's stages are run first in DIR/main. A re-run skips what is
+finished and continues what was interrupted, so the questions can be run in parts; the tables always cover every
+question whose runs exist.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+from common.checkpoint import git_commit
+from common.cli import run_cli
+from common.config import PRESETS
+from common.launch import preload
+from common.outputs import OutputDir
+from common.stages import Stage
+from common.study import (
+    BY_NAME,
+    QUESTIONS,
+    SEED_STAGES,
+    SEEDS,
+    Run,
+    borrowed,
+    check_main_run,
+    link_to_main,
+    parse_questions,
+    parse_seeds,
+    question_runs,
+    variant_dir,
+)
+from common.study_report import write_study
+from reproduce import run_stage, stage_argv
+
+log = logging.getLogger("study")
+
+
+def base_args(preset: str) -> argparse.Namespace:
+    """What reproduce.py's stage commands take from its own flags, as a plain ``reproduce.py --preset P`` sets them."""
+    return argparse.Namespace(preset=preset, device=None, precision=None, seed=None, model=None,
+                              cache=preset != "paper", text_files=None, eval_text_files=None)
+
+
+def stage_command(stage: Stage, run: Run, base: argparse.Namespace, out_dir: Path) -> list[str]:
+    """reproduce.py's command line for the stage (a seed as ``reproduce.py --seed N`` gives it), plus the run's
+    precision for the trained stages and its extra flags."""
+    argv = stage_argv(stage, argparse.Namespace(**{**vars(base), "seed": run.seed}), out_dir)
+    if run.precision and stage.trains:
+        argv += ["--precision", run.precision]
+    return argv + list(run.flags.get(stage.name, ()))
+
+
+def run_variant(run: Run, study_dir: Path, main_dir: Path, base: argparse.Namespace) -> None:
+    out_dir = variant_dir(study_dir, main_dir, run.variant)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir != main_dir:
+        if (main_dir / "activation_cache").is_dir():
+            link_to_main(out_dir / "activation_cache", main_dir / "activation_cache")
+        for name in borrowed(run):
+            link_to_main(out_dir / name, main_dir / name)
+    with OutputDir(out_dir, resume=True).writing():
+        for name in run.stages:
+            stage = BY_NAME[name]
+            run_stage(stage, stage_command(stage, run, base, out_dir), out_dir, [])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="cpu (default), tiny or paper")
+    parser.add_argument("--output_dir", default=None, help="where the variants and STUDY.md go "
+                                                           "(default: runs/<preset>-study)")
+    parser.add_argument("--main_run", default=None, help="a finished reproduce.py run of the same preset, reused as "
+                                                         "seed 0 (default: run its stages in DIR/main)")
+    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)),
+                        help="the seeds question's seeds beside the main run's 0 (default: 1,2)")
+    parser.add_argument("--questions", default=",".join(QUESTIONS), help=f"comma-separated, from {','.join(QUESTIONS)}")
+    args = parser.parse_args(argv)
+    questions, seeds = parse_questions(args.questions), parse_seeds(args.seeds)
+    study_dir = Path(args.output_dir or f"runs/{args.preset}-study")
+    main_dir = Path(args.main_run) if args.main_run else study_dir / "main"
+    runs = [run for question in questions for run in question_runs(question, args.preset, seeds)]
+    if args.main_run:
+        check_main_run(main_dir, runs)
+    else:
+        runs.insert(0, Run("main", SEED_STAGES))
+    base = base_args(args.preset)
+    preload()  # the stages' heavy imports, once, before they are forked
+    with OutputDir(study_dir, resume=True).writing():
+        for run in runs:
+            log.info("study %s: %s", run.variant, ", ".join(run.stages))
+            run_variant(run, study_dir, main_dir, base)
+        command = shlex.join(["python", "study.py", *(argv if argv is not None else sys.argv[1:])])
+        path = write_study(study_dir, main_dir, args.preset, command, git_commit())
+    print(f"study: {path}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
