@@ -49,6 +49,7 @@ class Stage3(SAETrainingStage):
         sae, nfm = self.sae.to(rt.device).eval(), self.nfm.to(rt.device).eval()
         stream = open_stream(cfg, run.lm)
         plan = ChunkPlan(stream, cfg.num_tokens, COLLECT_TOKENS)
+        stream.harvest_share(plan.num_windows, rt.world)
 
         def vectors_of(rows: Tensor) -> Tensor:
             return interaction_vectors(nfm, sae, rows, self.lm_norm, self.fed["sae_k"], self.fed["top_n_features"],
@@ -66,7 +67,7 @@ class Stage3(SAETrainingStage):
         vector_norm = NormStats.compute(train_vectors, cfg.norm_rows, cfg.seed)
         record = {**stream.describe(), "windows": plan.num_windows, "train_rows": train_vectors.shape[0],
                   "val_rows": val_vectors.shape[0], "collect_seconds": self.collect_seconds}
-        data = self.sae_data(run, train_vectors, val_vectors, vector_norm, record)
+        data = self.sae_data(run, train_vectors, val_vectors, vector_norm, record, stream.harvested_windows)
         sae_source, nfm_source = run.inputs
         data.extra = {
             "input": "NFM interaction vector Linear1(Dropout(h)) before the ReLU, z-scored with this directory's "

@@ -32,6 +32,7 @@ class Stage1(SAETrainingStage):
         stream = open_stream(cfg, run.lm)
         started = time.perf_counter()
         num_windows = max(1, cfg.num_tokens // cfg.window)
+        stream.harvest_share(num_windows, run.rt.world)
         val_rows = stream.val_rows(max(1, cfg.val_tokens // cfg.window), within=num_windows)
         train_rows = stream.train_rows(0, num_windows)
         self.harvest_seconds = time.perf_counter() - started
@@ -42,7 +43,7 @@ class Stage1(SAETrainingStage):
         log.info("harvested %d train and %d validation rows in %.0f s", train_rows.shape[0], val_rows.shape[0],
                  self.harvest_seconds)
         norm = NormStats.compute(train_rows, cfg.norm_rows, cfg.seed)
-        data = self.sae_data(run, train_rows, val_rows, norm, record)
+        data = self.sae_data(run, train_rows, val_rows, norm, record, stream.harvested_windows)
         data.load_seconds = lambda: self.harvest_seconds
         return data
 

@@ -2,6 +2,7 @@
 
     python reproduce.py --preset cpu --output_dir runs/cpu      # offline, SmolLM2-135M, 2 CPU cores
     python reproduce.py --output_dir runs/paper --cache          # the paper's configuration, one 24 GB GPU
+    python reproduce.py --output_dir runs/paper --nproc 8        # the stages that split, on 8 GPUs under torchrun
 
 Each stage writes DIR/<stage>/. A stage whose outputs are complete for the same settings is skipped, an interrupted
 one is resumed, so re-running the command continues where it stopped. Activations are harvested once into
@@ -17,7 +18,7 @@ from pathlib import Path
 from common.cli import ERROR_FILE_ENV, run_cli
 from common.config import PRESETS
 from common.errors import UserError
-from common.launch import preload, run_script
+from common.launch import preload, run_script, run_torchrun
 from common.outputs import OutputDir
 from common.report import write_report
 from common.run_records import RUN_RECORDS, RunRecord, stage_identity
@@ -45,8 +46,9 @@ def stage_argv(stage: Stage, args: argparse.Namespace, out_dir: Path) -> list[st
     return argv
 
 
-def run_stage(stage: Stage, argv: list[str], out_dir: Path, text_files: list[str]) -> dict:
-    """Run one stage in its own process (a crash cannot take earlier outputs with it); skip it if already done."""
+def run_stage(stage: Stage, argv: list[str], out_dir: Path, text_files: list[str], nproc: int = 1) -> dict:
+    """Run one stage in its own process (a crash cannot take earlier outputs with it), or in ``nproc`` under torchrun
+    where its work splits by rank; skip it if already done."""
     stage_out = out_dir / stage.name
     record = RunRecord(out_dir, stage.name, stage_identity(argv, out_dir, text_files, stage.input_dirs(out_dir)), argv)
     if record.same_run and (stage_out / stage.done_file).is_file():
@@ -55,19 +57,25 @@ def run_stage(stage: Stage, argv: list[str], out_dir: Path, text_files: list[str
     extra: list[str] = []
     if stage_out.is_dir() and any(stage_out.iterdir()):
         extra = ["--resume"] if record.same_run and stage.resumable else ["--overwrite"]
-    log.info("%s: python %s %s", stage.name, stage.script, " ".join(argv + extra))
+    launcher = f"torchrun --nproc_per_node {nproc}" if nproc > 1 and stage.splits else "python"
+    log.info("%s: %s %s %s", stage.name, launcher, stage.script, " ".join(argv + extra))
     # Recorded before the run, so that a run killed part-way is resumed (not overwritten) the next time.
     earlier = record.previous["seconds"] if extra == ["--resume"] else 0.0
     record.write(stage.script, earlier)
     error_file = record.path.with_suffix(".error")
     error_file.unlink(missing_ok=True)
     started = time.perf_counter()
-    returncode = run_script(ROOT / stage.script, [*argv, *extra], {ERROR_FILE_ENV: str(error_file)})
+    env = {ERROR_FILE_ENV: str(error_file)}
+    if launcher == "python":
+        returncode = run_script(ROOT / stage.script, [*argv, *extra], env)
+    else:
+        returncode = run_torchrun(ROOT / stage.script, [*argv, *extra], env, nproc)
     # A resumed stage reports the wall time of all its attempts.
     written = record.write(stage.script, earlier + time.perf_counter() - started)
     if returncode != 0:
         reason = error_file.read_text(encoding="utf-8") if error_file.is_file() else (
-            f"exit code {returncode}, see its output above")
+            f"exit code {returncode}, see its output above"
+            + ("" if launcher == "python" else " (torchrun's report there names the rank that failed)"))
         error_file.unlink(missing_ok=True)
         raise UserError(f"stage {stage.name} ({stage.script}) failed: {reason}; earlier stages' outputs in {out_dir} "
                         "are intact, re-run the same command to continue")
@@ -97,25 +105,34 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=None, help="random seed for every stage")
     parser.add_argument("--cache", action=argparse.BooleanOptionalAction, default=None,
                         help="harvest activations once into DIR/activation_cache "
-                             "(default: on for cpu and tiny, off for paper)")
+                             "(default: on for cpu and tiny and with --nproc, off for paper)")
     parser.add_argument("--stages", nargs="+", choices=[s.name for s in STAGES], default=None,
                         help="run only these stages (their inputs must exist)")
     parser.add_argument("--study", default=None,
                         help="a study.py study.json of this preset, quoted at the top of REPORT.md "
                              "(default: docs/results/<preset>-study.json where it exists)")
+    parser.add_argument("--nproc", type=int, default=1,
+                        help="processes (one per GPU) for the stages that split by rank (the harvest, stages 1 and 3, "
+                             "the KL tests), each started under torchrun on this node; the others run in one")
     args = parser.parse_args(argv)
+    if args.nproc < 1:
+        raise UserError(f"--nproc must be at least 1, got {args.nproc}")
+    if args.nproc > 1 and args.cache is False:
+        raise UserError(f"--nproc {args.nproc}: the ranks share their harvest through the activation cache, so "
+                        "--no-cache cannot be used with it")
     if args.cache is None:
-        args.cache = args.preset != "paper"
+        args.cache = args.preset != "paper" or args.nproc > 1
     out_dir = Path(args.output_dir or f"runs/{args.preset}")
     text_files = [*(args.text_files or []), *(args.eval_text_files or [])]
     stages = [stage for stage in STAGES if not args.stages or stage.name in args.stages]
     check_inputs_exist(stages, out_dir)
     study = study_file(args)
-    preload()
+    if any(not (args.nproc > 1 and stage.splits) for stage in stages):
+        preload()  # for the stages forked from here; torchrun's ranks are fresh interpreters
     fresh = not out_dir.exists()
     try:
         with OutputDir(out_dir, resume=True).writing():  # one reproduce.py per run folder at a time
-            timings = {stage.name: run_stage(stage, stage_argv(stage, args, out_dir), out_dir, text_files)
+            timings = {stage.name: run_stage(stage, stage_argv(stage, args, out_dir), out_dir, text_files, args.nproc)
                        for stage in stages}
             report = write_report(out_dir, vars(args), timings, study)
     except UserError:

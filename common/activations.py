@@ -18,6 +18,7 @@ from common.checkpoint import (
     load_tensors_with_metadata,
 )
 from common.data import WindowedText, is_validation_window
+from common.distributed import World
 from common.errors import UserError
 from common.hooks import capture_layers
 from common.lm import LoadedLM
@@ -91,6 +92,7 @@ class ActivationStream:
         self.lm, self.layer, self.text, self.batch_size = lm, layer, text, batch_size
         self.exclude_first_position = exclude_first_position
         self.device = lm.device
+        self.harvested_windows = 0  # windows this process ran the LM on (the rest came from the cache)
         self.companions: list[ActivationStream] = []
         self.cache = None if cache_dir is None else Path(cache_dir) / f"acts-{self.key()[:16]}"
         if self.cache is not None:
@@ -134,11 +136,31 @@ class ActivationStream:
                                         f"from {indices[start]}); try a wider dtype for the LM")
                     out[layer].append(acts.cpu())
                 bar.update(batch.shape[0])
+        self.harvested_windows += len(indices)
         empty = torch.empty(0, self.text.window, self.lm.d_model, dtype=self.lm.dtype)
         return {layer: torch.cat(parts) if parts else empty for layer, parts in out.items()}
 
+    def _shard_path(self, shard: int) -> Path:
+        return self.cache / f"shard_{shard:06d}.safetensors"
+
+    def harvest_share(self, stop: int, world: World) -> None:
+        """Under torchrun: each rank harvests into the cache the missing shards of windows [0, stop) that are its
+        own (shard s is rank s mod N's), then waits for the others; every rank then reads them all from the cache. A
+        shard is the same computation on whichever rank runs it, so the cache is a one-process harvest's bit for bit
+        (with the same threads per process). One process harvests as it reads, as before."""
+        if world.size == 1:
+            return
+        if self.cache is None:
+            raise UserError(f"under torchrun the {world.size} ranks share their harvest through the activation "
+                            "cache: pass --cache_dir")
+        num_shards = -(-len(self.text.available(0, stop)) // SHARD_WINDOWS)
+        for shard in world.share(range(num_shards)):
+            if not self._shard_path(shard).is_file():
+                self._shard(shard)
+        world.barrier()
+
     def _shard(self, shard: int) -> dict[int, Tensor]:
-        path = self.cache / f"shard_{shard:06d}.safetensors"
+        path = self._shard_path(shard)
         indices = self.text.available(shard * SHARD_WINDOWS, (shard + 1) * SHARD_WINDOWS)
         if path.is_file():
             tensors, metadata = load_tensors_with_metadata(path)

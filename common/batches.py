@@ -6,6 +6,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from common.distributed import ONE, World
+from common.errors import UserError
+
 
 def epoch_permutation(num_rows: int, seed: int, epoch: int, chunk: int = 0) -> Tensor:
     generator = torch.Generator().manual_seed(seed * 1_000_003 + chunk * 10_007 + epoch)
@@ -13,21 +16,31 @@ def epoch_permutation(num_rows: int, seed: int, epoch: int, chunk: int = 0) -> T
 
 
 class RowBatches:
-    """Random batches over one fixed set of rows: a fresh permutation every epoch, the last partial batch dropped."""
+    """Random batches over one fixed set of rows: a fresh permutation every epoch, the last partial batch dropped.
+
+    Under torchrun each rank gets its contiguous ``batch / N`` rows of the same step's batch, so the ranks together
+    train on exactly the batches of one process.
+    """
 
     def __init__(self, tensors: tuple[Tensor, ...], batch_size: int, seed: int, device: torch.device,
-                 chunk: int = 0) -> None:
+                 chunk: int = 0, world: World = ONE) -> None:
         self.tensors, self.seed, self.device, self.chunk = tensors, seed, device, chunk
         self.num_rows = tensors[0].shape[0]
         self.batch_size = min(batch_size, self.num_rows)
         self.steps_per_epoch = self.num_rows // self.batch_size
+        if self.batch_size % world.size:
+            raise UserError(f"a batch of {self.batch_size} rows does not split evenly over {world.size} ranks: pass "
+                            f"a --batch_size that is a multiple of {world.size}")
+        self.rows_per_rank = self.batch_size // world.size
+        self.first_row = world.rank * self.rows_per_rank
         self._perm: tuple[int, Tensor] | None = None
 
     def batch(self, step: int) -> tuple[Tensor, ...]:
         epoch, position = divmod(step, self.steps_per_epoch)
         if self._perm is None or self._perm[0] != epoch:
             self._perm = (epoch, epoch_permutation(self.num_rows, self.seed, epoch, self.chunk))
-        rows = self._perm[1][position * self.batch_size : (position + 1) * self.batch_size]
+        start = position * self.batch_size + self.first_row
+        rows = self._perm[1][start : start + self.rows_per_rank]
         return tuple(t[rows].to(self.device, non_blocking=True) for t in self.tensors)
 
 

@@ -28,6 +28,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from common.distributed import world_size
 from common.errors import UserError
 from common.paths import REPO_ROOT
 from common.resources import usage
@@ -47,7 +48,8 @@ MODEL_KEY = "model"
 
 
 # A test sets this to a file name: every atomic write of that name then pauses between writing its temp file and the
-# rename (announced by a ".paused-<name>" file beside it), so that the test can kill the process at that moment.
+# rename (announced by a ".paused-<name>" file beside it, holding the pid), so that the test can kill the process at
+# that moment (under torchrun: the one rank that writes the file).
 PAUSE_WRITE_ENV = "FEATURE_INTEGRATION_PAUSE_WRITE"
 FULL_DISK_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 _UMASK = os.umask(0o022)
@@ -92,7 +94,7 @@ def _full_disk(err: BaseException | None) -> OSError | None:
 
 def _pause_for_tests(path: Path) -> None:
     if os.environ.get(PAUSE_WRITE_ENV) == path.name:
-        (path.parent / f".paused-{path.name}").touch()
+        (path.parent / f".paused-{path.name}").write_text(str(os.getpid()))
         time.sleep(60)
 
 
@@ -193,9 +195,10 @@ def write_metrics(folder: Path, metrics: dict[str, Any]) -> None:
 
 
 def write_results(folder: Path, results: dict[str, Any]) -> Path:
-    """``results.json`` is written last: its presence marks a finished evaluation or analysis (with ``resources``)."""
+    """``results.json`` is written last: its presence marks a finished evaluation or analysis (with ``resources``, and
+    ``world_size``: 1 but for the KL tests under torchrun)."""
     path = Path(folder) / RESULTS_FILE
-    atomic_save_json({**results, "resources": usage()}, path)
+    atomic_save_json({"world_size": world_size(), **results, "resources": usage()}, path)
     return path
 
 

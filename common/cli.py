@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from common.distributed import rank
 from common.errors import UserError
 from common.resources import keep_freed_memory
 
@@ -27,11 +28,23 @@ def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None =
     except UserError as err:
         report_to = os.environ.get(ERROR_FILE_ENV)
         if report_to:  # a stage run by reproduce.py: its one error line, naming the stage, says this
-            Path(report_to).write_text(str(err), encoding="utf-8")
+            _report_once(Path(report_to), str(err))
             print(f"{Path(sys.argv[0]).name} stopped: {err}", file=sys.stderr)
+        elif rank() != 0:  # under torchrun rank 0 prints the one error line; the same error on the others is noted
+            print(f"rank {rank()} stopped: {err}", file=sys.stderr)
         else:
             print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("error: interrupted (resume with --resume)", file=sys.stderr)
         sys.exit(130)
+
+
+def _report_once(path: Path, message: str) -> None:
+    """The first rank to fail leaves its message; a later one (often the same error) leaves the file as it is."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(message)

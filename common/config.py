@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from common.distributed import check_stage
 from common.errors import UserError
 from common.lm import PAPER_MODEL, SMOLLM2_GGUF, TINY_MODEL
 
@@ -455,7 +456,9 @@ def build_config(stage: str, args: argparse.Namespace | dict[str, Any]) -> Any:
 
 
 def parse_config(stage: str, description: str, argv: list[str] | None) -> Any:
-    """The stage's config from its command line (``--help`` lists every field with the paper's default)."""
+    """The stage's config from its command line (``--help`` lists every field with the paper's default); a stage that
+    does not split by rank is refused under torchrun here, before anything is loaded."""
+    check_stage(stage)
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser, STAGE_CONFIGS[stage])
     return build_config(stage, parser.parse_args(argv))

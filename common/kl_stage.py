@@ -76,11 +76,12 @@ def run_kl_stage(cfg: Any, kl: KLStage) -> dict[str, Any]:
         "text": text.source.description, "text_identity": text.source.identity,
         "windows_requested": cfg.num_wiki_samples, "windows_used": len(indices),
         "window_tokens": cfg.window, "first_position": int(cfg.exclude_first_position),
-        "precision_regime": rt.precision, "decode_path": rt.decode,
+        "precision_regime": rt.precision, "decode_path": rt.decode, "world_size": rt.world.size,
     }
     inputs = {source.flag.lstrip("-"): source.record() for source in kl.inputs}
     with out_dir.writing():
-        start_output_dir(out_dir, cfg, record, kl.stage, {"evaluation": evaluation, "inputs": inputs, **kl.extra})
+        if rt.world.is_main:
+            start_output_dir(out_dir, cfg, record, kl.stage, {"evaluation": evaluation, "inputs": inputs, **kl.extra})
         return _evaluate(cfg, kl, lm, rt, out_dir.path, text, indices, patch_layer, evaluation)
 
 
@@ -101,15 +102,23 @@ def _evaluate(cfg: Any, kl: KLStage, lm: LoadedLM, rt: Runtime, out: Path, text:
     evaluator = PatchingEvaluator(lm.model, patch_layer, reconstruct_under_precision, kl.reference,
                                   cfg.num_epsilon_samples, cfg.seed, int(cfg.exclude_first_position))
     store = out / PER_POSITION_FILE
+    world = rt.world
+    pending = not store.is_file()
+    world.barrier()  # rank 0 has checked (or cleared) the folder before any rank writes a part into it
     started = time.perf_counter()
-    if not store.is_file():
+    if pending:
         parts_dir = out / "parts"
-        parts, evaluated = evaluate_windows(evaluator, text, indices, cfg.batch_size, parts_dir, rt.device)
+        parts, done = evaluate_windows(evaluator, text, indices, cfg.batch_size, parts_dir, rt.device, world)
+        ranks = world.gather(done)  # also the wait for every rank's last part
         seconds = time.perf_counter() - started
         evaluation["seconds"] = seconds
-        evaluation["tokens_per_second"] = evaluated * cfg.window / max(seconds, 1e-9)
-        merge_parts(parts, store)
-        shutil.rmtree(parts_dir)
+        evaluation["tokens_per_second"] = sum(r["evaluated_windows"] for r in ranks) * cfg.window / max(seconds, 1e-9)
+        evaluation["ranks"] = ranks
+        if world.is_main:
+            merge_parts(parts, store)
+            shutil.rmtree(parts_dir)
+    if not world.is_main:  # rank 0 merges the parts and reports
+        return {}
 
     results = {"stage": kl.stage, "original_eval": cfg.original_eval, "evaluation": evaluation,
                **summarize(store, kl.labels, kl.reference, cfg.num_epsilon_samples)}

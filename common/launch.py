@@ -1,7 +1,8 @@
 """Each stage ``reproduce.py`` runs gets a process of its own, forked from a parent that has already imported the
 heavy libraries: a stage then starts in a fraction of a second instead of spending seconds re-importing torch and
 transformers (twenty stages run per pipeline), and a crash or a kill still takes only its own process. Where there
-is no ``fork`` (Windows), or with ``FEATURE_INTEGRATION_SUBPROCESS=1``, a stage is a plain fresh interpreter."""
+is no ``fork`` (Windows), or with ``FEATURE_INTEGRATION_SUBPROCESS=1``, a stage is a plain fresh interpreter. A stage
+that splits by rank, with ``--nproc N``, runs under torchrun, which starts its N processes itself."""
 from __future__ import annotations
 
 import importlib
@@ -67,3 +68,13 @@ def run_script(script: Path, argv: list[str], env: dict[str, str]) -> int:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
+
+
+def run_torchrun(script: Path, argv: list[str], env: dict[str, str], nproc: int) -> int:
+    """Run ``script argv`` as ``nproc`` ranks on this node under torchrun (its own launcher and rendezvous, never one of
+    ours); returns torchrun's exit code, non-zero when any rank failed (torchrun's report names it on stderr)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               str(script), *argv]
+    return subprocess.run(command, cwd=script.parent, env={**os.environ, **env}).returncode

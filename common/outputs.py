@@ -15,16 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from common.distributed import rank
 from common.errors import UserError
 
 log = logging.getLogger(__name__)
 LOCK_FILE = ".lock"
 _HELD: set[Path] = set()  # locks this process holds, released at exit whatever happens
-
-
-def _is_rank_zero() -> bool:
-    """Under torchrun only rank 0 writes (and locks) an output directory."""
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _alive(pid: int) -> bool:
@@ -66,6 +62,8 @@ class OutputDir:
             if relation:
                 raise UserError(f"the output directory {out} {relation} the input {flag} {given}: write the outputs "
                                 "somewhere apart from the inputs")
+        if rank() != 0:  # the lock and the folder's state are rank 0's to check: rank 0 may hold the lock already
+            return
         holder = self.writer()
         if holder is not None:
             raise UserError(f"{out} is being written by another process (pid {holder['pid']} on {holder['host']}, "
@@ -94,7 +92,7 @@ class OutputDir:
         return holder if pid != os.getpid() and _alive(pid) else None
 
     def acquire(self) -> None:
-        if not _is_rank_zero():
+        if rank() != 0:  # under torchrun only rank 0 locks (and writes, but for the KL tests' parts) a directory
             return
         self.path.mkdir(parents=True, exist_ok=True)
         if self.lock.exists():

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from common.checkpoint import atomic_save_npz
 from common.data import WindowedText
+from common.distributed import ONE, World
 from common.hooks import capture_layer, capture_layer_and_logits, patch_layer, run_from_layer
 
 if TYPE_CHECKING:
@@ -169,22 +170,26 @@ class PatchingEvaluator:
 
 
 def evaluate_windows(evaluator: PatchingEvaluator, text: WindowedText, indices: list[int], batch_size: int,
-                     parts_dir: Path, device: torch.device) -> tuple[list[Path], int]:
-    """Evaluate ``indices`` batch by batch into one ``.npz`` part per batch; a part already on disk is skipped.
-    Returns the parts in order and how many windows this call evaluated.
+                     parts_dir: Path, device: torch.device, world: World = ONE) -> tuple[list[Path], dict[str, int]]:
+    """Evaluate this rank's batches of ``indices`` into one ``.npz`` part per batch; a part already on disk is
+    skipped. Returns every batch's part in order (the others' too, once all ranks are done) and what this rank did:
+    its ``batches`` and ``windows``, and the ``evaluated_windows`` this call ran.
 
-    Parts are written atomically and the ε draws are seeded per window, so an interrupted run resumed with the same
-    settings gives the same parts; memory holds one batch at a time.
+    Batch b is rank b mod N's (one process: every batch). Parts are written atomically and the ε draws are seeded per
+    window, so a part is the same whichever rank writes it, and an interrupted run resumed with the same settings (on
+    any number of ranks) gives the same parts; memory holds one batch at a time.
     """
     batches = [indices[start : start + batch_size] for start in range(0, len(indices), batch_size)]
     paths = [parts_dir / f"batch_{i:06d}.npz" for i in range(len(batches))]
+    mine = world.share(list(zip(batches, paths)))
+    windows = sum(len(window_indices) for window_indices, _ in mine)
     evaluated = 0
-    with tqdm(total=len(indices), desc="KL test", unit="win") as bar:
-        for window_indices, path in zip(batches, paths):
+    with tqdm(total=windows, desc="KL test", unit="win") as bar:
+        for window_indices, path in mine:
             if not path.is_file():
                 input_ids = torch.stack([text.get(i) for i in window_indices]).to(device)
                 columns = evaluator.evaluate(input_ids, window_indices)
                 atomic_save_npz(columns.items(), path)
                 evaluated += len(window_indices)
             bar.update(len(window_indices))
-    return paths, evaluated
+    return paths, {"batches": len(mine), "windows": windows, "evaluated_windows": evaluated}

@@ -41,7 +41,8 @@ class SAETrainingStage(TrainedStage):
     stage_label: str  # "stage 1"
 
     def sae_data(self, run: StageRun, train_rows: Tensor, val_rows: Tensor, norm: NormStats,
-                 record: dict[str, Any]) -> StageData:
+                 record: dict[str, Any], harvested_windows: int) -> StageData:
+        """``harvested_windows``: how many windows this rank ran the LM on, for the record of what each rank did."""
         cfg, rt = self.cfg, run.rt
         norm_device = norm.to(rt.device)
         self.val_rows, self.norm = val_rows, norm
@@ -54,8 +55,9 @@ class SAETrainingStage(TrainedStage):
         def validate(model: TopKSAE) -> dict[str, float]:
             return evaluate_sae(model, val_rows, norm, rt, cfg.batch_size, cfg.dead_threshold)
 
-        batches = RowBatches((train_rows,), cfg.batch_size, cfg.seed, rt.device)
-        return StageData(batches, loss_fn, validate, norm, record)
+        batches = RowBatches((train_rows,), cfg.batch_size, cfg.seed, rt.device, world=rt.world)
+        ranks = rt.world.gather({"harvested_windows": harvested_windows, "rows_per_step": batches.rows_per_rank})
+        return StageData(batches, loss_fn, validate, norm, record, ranks=ranks)
 
     def evaluate(self, run: StageRun, data: StageData, best: TopKSAE) -> dict[str, Any]:
         final = evaluate_sae(best, self.val_rows, self.norm, run.rt, self.cfg.batch_size, self.cfg.dead_threshold)

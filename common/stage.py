@@ -14,6 +14,7 @@ from common.activations import NORM_STATS_FILE, ActivationStream
 from common.checkpoint import CONFIG_FILE, FORMAT_VERSION, git_commit, load_json, upgrade_config, write_config
 from common.data import WindowedText, resolve_text
 from common.device import resolve_decode, resolve_device, resolve_precision
+from common.distributed import ONE, World, join
 from common.errors import UserError
 from common.hooks import check_layer
 from common.lm import LoadedLM, load_lm
@@ -30,11 +31,13 @@ class Runtime:
     device: torch.device
     precision: str
     decode: str
+    world: World = ONE
 
 
 def runtime(cfg: Any) -> Runtime:
-    device = resolve_device(cfg.device)
-    return Runtime(device, resolve_precision(cfg.precision, device), resolve_decode(cfg.decode, device))
+    """The device, regimes and (under torchrun) the world of this process, whose process group starts here."""
+    world, device = join(resolve_device(cfg.device))
+    return Runtime(device, resolve_precision(cfg.precision, device), resolve_decode(cfg.decode, device), world)
 
 
 def open_lm(cfg: Any, device: torch.device, dtype: torch.dtype | None = None) -> LoadedLM:

@@ -19,6 +19,7 @@ from common.activations import NORM_STATS_FILE, NormStats
 from common.checkpoint import write_metrics
 from common.config import input_paths, parse_config
 from common.device import param_dtype
+from common.distributed import split_record
 from common.errors import UserError
 from common.lm import LoadedLM
 from common.loading import StageInput, require_same_lm
@@ -44,6 +45,7 @@ class StageData:
     extra_stats: dict[str, NormStats] = field(default_factory=dict)  # more stats files, by file name
     train_steps: int | None = None  # the planned steps when the data decides them (streamed stages)
     load_seconds: Callable[[], float] = lambda: 0.0  # time spent loading data so far, inside training or not
+    ranks: list[dict[str, Any]] = field(default_factory=list)  # what each rank did (metrics.json "ranks")
 
 
 @dataclass
@@ -112,24 +114,29 @@ class TrainedStage:
             run.cfg = self.cfg = cfg = dataclasses.replace(cfg, train_steps=data.train_steps)
         torch.manual_seed(cfg.seed)  # the model's init from the run's seed, whatever ran before it
         model = self.build(run)
-        extra = {**data.extra, "model": model.record(), "data": data.record, "precision_regime": rt.precision,
-                 "decode_path": rt.decode}
+        extra = {**data.extra, "model": model.record(), "data": {**data.record, **split_record(rt.world, data.ranks)},
+                 "precision_regime": rt.precision, "decode_path": rt.decode}
         with out_dir.writing():
             return self._train(run, data, model, out_dir, extra)
 
     def _train(self, run: StageRun, data: StageData, model: nn.Module, out_dir: OutputDir,
                extra: dict[str, Any]) -> dict[str, Any]:
         cfg, rt, out = self.cfg, run.rt, out_dir.path
-        start_output_dir(out_dir, cfg, run.record, self.name, extra)
-        data.norm.save(out / NORM_STATS_FILE)
-        for file_name, stats in data.extra_stats.items():
-            stats.save(out / file_name)
+        if rt.world.is_main:
+            start_output_dir(out_dir, cfg, run.record, self.name, extra)
+            data.norm.save(out / NORM_STATS_FILE)
+            for file_name, stats in data.extra_stats.items():
+                stats.save(out / file_name)
+        rt.world.barrier()  # the others read a resume state only once rank 0 has checked (or cleared) the folder
 
-        trainer = Trainer(model, cfg, out, rt.device, rt.precision, data.loss_fn, data.batches, data.validate, cfg.seed)
+        trainer = Trainer(model, cfg, out, rt.device, rt.precision, data.loss_fn, data.batches, data.validate, cfg.seed,
+                          rt.world)
         loads_before = data.load_seconds()
         started = time.perf_counter()
         history = trainer.fit(resume=cfg.resume)
         run.steps = trainer.step
+        if not rt.world.is_main:  # rank 0 evaluates and writes the outputs
+            return {}
         train_seconds = max(time.perf_counter() - started - (data.load_seconds() - loads_before), 1e-9)
 
         best = type(model).load(out).to(rt.device, param_dtype(rt.precision)).eval()
@@ -142,6 +149,7 @@ class TrainedStage:
             "data_load_seconds": data.load_seconds(),
             "precision_regime": rt.precision,
             "decode_path": rt.decode,
+            **split_record(rt.world, data.ranks),
             "history": history,
         })
         plot_training_history(history, out / CURVES_FILE, self.title())

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.checkpoint import METRICS_FILE, RESULTS_FILE
+from common.distributed import SPLITTING_STAGES
 
 SAE_AND_NFM = (("--sae1_model_path", "sae1"), ("--nfm_model_path", "nfm"))
 
@@ -29,6 +30,11 @@ class Stage:
     def done_file(self) -> str:
         """Written last by the script: its presence means the stage finished."""
         return METRICS_FILE if self.trains else RESULTS_FILE
+
+    @property
+    def splits(self) -> bool:
+        """Does its work split by rank (``reproduce.py --nproc N`` runs it under torchrun)?"""
+        return self.name.removesuffix("_original") in SPLITTING_STAGES
 
     def input_dirs(self, out_dir: Path) -> list[Path]:
         return [out_dir / stage for _, stage in self.inputs]

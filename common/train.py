@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from common.checkpoint import RESUME_FILE, load_resume_state, write_resume_state
 from common.config import TrainConfig
 from common.device import autocast, param_dtype
+from common.distributed import ONE, World
 from common.errors import UserError
 from common.fp16_emulation import fp16_products
 
@@ -53,6 +54,13 @@ class Trainer:
     ``loss_fn(model, batch) -> (loss, logs)``; ``validate(model) -> metrics`` whose ``loss`` picks the best model,
     which saves itself (``model.save``). ``seed`` seeds the global generator (dropout) when a run starts; a resumed run
     restores it instead. Resume state is one atomic file.
+
+    Under torchrun (``world``) every rank steps on its share of the batch and the gradients are averaged over the
+    ranks before the clip, so every rank takes the one step a single process would (up to the order of the float
+    sums). Not ``DistributedDataParallel``: the SAE's gradient is one tied matrix, complete only at the end of the
+    backward, so DDP's buckets would have nothing to overlap, and the trainer keeps the model itself for validation
+    and saving. Only rank 0 validates and writes the best model and the resume state; the others wait for it at the
+    next step's all-reduce.
     """
 
     def __init__(
@@ -66,10 +74,12 @@ class Trainer:
         batches: BatchSource,
         validate: Callable[[nn.Module], dict[str, float]],
         seed: int = 0,
+        world: World = ONE,
     ) -> None:
         self.model = model.to(device=device, dtype=param_dtype(precision))
         self.cfg, self.out_dir, self.device, self.precision = cfg, Path(out_dir), device, precision
         self.loss_fn, self.batches, self.validate, self.seed = loss_fn, batches, validate, seed
+        self.world = world
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = make_adam(self.params, cfg, precision)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
@@ -83,6 +93,8 @@ class Trainer:
         return self.cfg.train_steps if stop is None else min(stop, self.cfg.train_steps)
 
     def save_resume(self) -> None:
+        if not self.world.is_main:
+            return
         state = {
             "step": self.step,
             "best_val": self.best_val,
@@ -120,6 +132,8 @@ class Trainer:
         self.model.save(self.out_dir, step=self.step)
 
     def run_validation(self) -> None:
+        if not self.world.is_main:
+            return
         self.model.eval()
         with torch.no_grad(), autocast(self.precision, self.device):
             metrics = self.validate(self.model)
@@ -137,6 +151,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         with fp16_products(self.precision, self.device):  # the backward's products too (autocast leaves them be)
             loss.backward()
+        self.world.average_(p.grad for p in self.params if p.grad is not None)
         grad_norm = self.clip_gradients()
         self.optimizer.step()
         self.scheduler.step()
@@ -160,6 +175,8 @@ class Trainer:
         elif not self.load_resume():
             log.info("no resume state in %s: starting from step 0", self.out_dir)
             torch.manual_seed(self.seed)
+        with torch.no_grad():
+            self.world.broadcast_(self.params)  # the ranks start from the same weights, whatever built them
         running: dict[str, Tensor] = {}
         running_steps = 0
         with tqdm(total=self.end_step, initial=self.step, desc="train", unit="step") as bar:
@@ -176,6 +193,7 @@ class Trainer:
                     running[name] = running.get(name, 0) + value.detach().float()
                 running_steps += 1
                 if self.step % self.cfg.log_every == 0 or self.step == self.end_step:
+                    self.world.average_(running.values())  # each rank's loss is its share's: the batch's is their mean
                     entry = {name: float(total) / running_steps for name, total in running.items()}
                     if not all(math.isfinite(v) for v in entry.values()):
                         raise UserError(f"training diverged at step {self.step} (non-finite loss); "
