@@ -1,6 +1,6 @@
 """Every decoder family the hooks know, and the fallback for the rest (Gemma-2): on a tiny random model of each,
 early-exit capture is ``hidden_states[L]``, running from layer L gives the full forward's logits, the identity patch
-changes nothing, a patch equals running from the patched residual, and stages 1 and 2 run on it."""
+changes nothing, a patch equals running from the patched residual, and stages 1 and 2 run on it (``--model FOLDER``)."""
 from __future__ import annotations
 
 import logging
@@ -41,6 +41,7 @@ def family_config(family: str):
 
 ADAPTED = ("llama", "mistral", "qwen2", "qwen3", "gpt2", "gpt_neox")
 FALLBACK = ("gemma2", "mistral-window")
+CHAINED = ("mistral", "qwen2", "qwen3", "gpt2", "gpt_neox", "gemma2")  # the tiny preset's own chain is Llama
 
 
 def tiny_model(family: str):
@@ -100,7 +101,7 @@ def test_the_fallback_needs_the_input_ids() -> None:
 def family_folders(tiny_lm: LoadedLM, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Each family's tiny model saved as an HF folder with the tiny Llama's tokenizer (``--model FOLDER``)."""
     folders = {}
-    for family in ("gpt2", "gpt_neox", "qwen3", "gemma2"):
+    for family in CHAINED:
         folder = tmp_path_factory.mktemp(f"tiny-{family}")
         tiny_model(family).save_pretrained(folder)
         tiny_lm.tokenizer.save_pretrained(folder)
@@ -116,7 +117,7 @@ SMALL_STAGE2 = ["--preset", "tiny", "--layer", "2", "--num_tokens", "2560", "--v
                 "6", "--log_every", "6"]
 
 
-@pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "qwen3", "gemma2"])
+@pytest.mark.parametrize("family", CHAINED)
 def test_stages_1_and_2_run_on_the_family(family: str, family_folders: dict[str, Path], tmp_path: Path) -> None:
     from part1c_sae_topK_implementation import main as stage1
     from part2d_residual_NFM_streaming import main as stage2

@@ -14,6 +14,7 @@ from sparsify import SparseCoder, SparseCoderConfig
 import export_sae
 import part2d_residual_NFM_streaming
 import part14_kl_tests
+import part16_orthogonality
 from common.activations import NormStats
 from common.codes import scatter_codes
 from common.errors import UserError
@@ -172,6 +173,23 @@ def test_stage_2_and_part14_run_on_a_saelens_sae(tmp_path: Path) -> None:
                                     "--sae1_model_path", str(folder), "--nfm_model_path", str(nfm_dir),
                                     "--output_dir", str(tmp_path / "kl")])
     assert results["evaluation"]["windows_used"] == 4
+
+
+def test_part16_compares_a_saelens_and_a_sparsify_decoder(tmp_path: Path) -> None:
+    import hashlib
+
+    lens, theirs = saelens_dir(tmp_path / "lens", seed=6)
+    coder = randomized(SparseCoder(D, SparseCoderConfig(num_latents=F, k=K), device="cpu"), 7)
+    coder.save_to_disk(tmp_path / "layers.1")
+    results = part16_orthogonality.main(["--preset", "tiny", "--sae1_model_path", str(lens), "--sae2_model_path",
+                                         str(tmp_path / "layers.1"), "--output_dir", str(tmp_path / "ortho")])
+    for name, folder, W_dec, weights in (("standalone", lens, theirs.W_dec, "sae_weights.safetensors"),
+                                         ("joint", tmp_path / "layers.1", coder.W_dec, "sae.safetensors")):
+        figures = results["saes"][name]
+        digest = hashlib.sha256((folder / weights).read_bytes()).hexdigest()
+        assert figures["source"]["weights_sha256"] == f"sha256:{digest}"
+        expected = W_dec.detach().double().square().sum(1).mean().item()
+        assert figures["squared_norms"]["mean"] == pytest.approx(expected, rel=1e-6)
 
 
 @pytest.mark.parametrize("hook, model, message", [
