@@ -100,16 +100,19 @@ def require_same_lm(source: StageInput, record: dict[str, Any]) -> None:
         source.config.update({key: record[key] for key in unnamed})
 
 
-def require_provenance(what: str, source: StageInput, record: dict[str, Any]) -> None:
-    """``record`` (an LM's or a later stage's provenance) must agree with ``source``'s on model, layer and width."""
+def require_provenance(what: str, source: StageInput, record: dict[str, Any], source_there: bool = True) -> None:
+    """``record`` (an LM's or a later stage's provenance) must agree with ``source``'s on model, layer and width; the
+    error names ``source``'s value "there" (or, with ``source_there=False``, ``record``'s). An imported SAE is held
+    only to what its format names, and a model name also matches an HF id's last part."""
     if source.imported is None:
-        require_match(what, record, source.config, PROVENANCE_KEYS)
+        here, there = (record, source.config) if source_there else (source.config, record)
+        require_match(what, here, there, PROVENANCE_KEYS)
         return
     for key in PROVENANCE_KEYS:
-        named = source.config.get(key)
-        if named is not None and not (same_model(named, record.get(key)) if key == "model_id"
-                                      else named == record.get(key)):
-            raise UserError(f"{what}: {key} is {named!r} there but {record.get(key)!r} here")
+        named, other = source.config.get(key), record.get(key)
+        if named is not None and not (same_model(named, other) if key == "model_id" else named == other):
+            there, here = (named, other) if source_there else (other, named)
+            raise UserError(f"{what}: {key} is {there!r} there but {here!r} here")
 
 
 def check_nfm_on_sae(nfm: StageInput, sae: TopKSAE, sae_source: StageInput, sae_norm: NormStats) -> None:
@@ -118,7 +121,7 @@ def check_nfm_on_sae(nfm: StageInput, sae: TopKSAE, sae_source: StageInput, sae_
     if nfm.config["num_features"] != sae.num_features:
         raise UserError(f"{nfm.what}: the NFM takes F={nfm.config['num_features']} features but the SAE of "
                         f"{sae_source.what} has F={sae.num_features}")
-    require_provenance(f"{nfm.what} against {sae_source.flag}", sae_source, nfm.config)
+    require_provenance(f"{nfm.what} against {sae_source.flag}", sae_source, nfm.config, source_there=False)
     if not 1 <= nfm.config["sae_k"] <= sae.k:
         raise UserError(f"{nfm.what} was fed the SAE at K={nfm.config['sae_k']}, outside 1..{sae.k} of "
                         f"{sae_source.what}")
