@@ -14,6 +14,7 @@ from sparsify import SparseCoder, SparseCoderConfig
 import export_sae
 import part2d_residual_NFM_streaming
 import part14_kl_tests
+import part15_joint_SAENFM
 import part16_orthogonality
 from common.activations import NormStats
 from common.codes import scatter_codes
@@ -173,6 +174,17 @@ def test_stage_2_and_part14_run_on_a_saelens_sae(tmp_path: Path) -> None:
                                     "--sae1_model_path", str(folder), "--nfm_model_path", str(nfm_dir),
                                     "--output_dir", str(tmp_path / "kl")])
     assert results["evaluation"]["windows_used"] == 4
+
+
+def test_stage_5_compares_the_joint_model_with_a_sparsify_sae(tmp_path: Path) -> None:
+    theirs = randomized(SparseCoder(D, SparseCoderConfig(num_latents=F, k=K), device="cpu"), 8)
+    theirs.save_to_disk(tmp_path / "layers.1")
+    metrics = part15_joint_SAENFM.main([*SMALL_NFM, "--sae1_model_path", str(tmp_path / "layers.1"),
+                                        "--checkpoint_dir", str(tmp_path / "joint")])
+    assert metrics["standalone_sae_mse"] > 0 and "improvement_vs_standalone" in metrics
+    assert stage_config(tmp_path / "joint")["sae1"]["format"] == "sparsify"
+    norm = NormStats.load(tmp_path / "joint" / "norm_stats.safetensors")  # the imported SAE's: the identity
+    assert torch.equal(norm.mean, torch.zeros(D)) and torch.equal(norm.std, torch.ones(D))
 
 
 def test_part16_compares_a_saelens_and_a_sparsify_decoder(tmp_path: Path) -> None:
