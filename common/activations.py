@@ -42,6 +42,11 @@ class NormStats:
         subset = rows[pick].float()
         return cls(subset.mean(0), subset.std(0).clamp_min(1e-8))
 
+    @classmethod
+    def identity(cls, width: int) -> NormStats:
+        """Mean 0, std 1: normalizing changes nothing (an imported SAE works on raw activations)."""
+        return cls(torch.zeros(width), torch.ones(width))
+
     def to(self, device: torch.device) -> NormStats:
         return NormStats(self.mean.to(device), self.std.to(device))
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from common.checkpoint import RESULTS_FILE, git_commit, load_json, weights_sha256
+from common.checkpoint import RESULTS_FILE, git_commit, load_json
 from common.errors import UserError
 from common.loading import StageInput, load_sae
 
@@ -32,7 +32,7 @@ def source_record(source: StageInput) -> dict[str, Any]:
     return {
         "path": str(folder.resolve()),
         "stage": config["stage"],
-        "weights_sha256": weights_sha256(folder),
+        "weights_sha256": source.weights_sha256(),
         "model_id": config.get("model_id"),
         "layer": config.get("layer"),
         "d_model": config["d_model"],

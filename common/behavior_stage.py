@@ -133,16 +133,16 @@ def last_position_logits(run: BehaviorRun, prompt: str, clamps: list[Clamp]) -> 
     reference always pass through the same kernels and no batching noise enters their difference."""
     ids = token_ids(run, prompt)
     residual = capture_layer(run.lm.model, ids, run.layer)
-    clean = run_from_layer(run.lm.model, residual, run.layer)[0, -1].float()
+    clean = run_from_layer(run.lm.model, residual, run.layer, ids)[0, -1].float()
     if not clamps:
         return clean, clean.new_zeros(0, clean.shape[0])
     reference, rest = clamps[0], clamps[1:]
     logits = [run_from_layer(run.lm.model, run.pipeline.patched(residual, reference, run.patch, run.first_position),
-                             run.layer)[0, -1].float()[None]]  # alone, as the clean pass: the identity check
+                             run.layer, ids)[0, -1].float()[None]]  # alone, as the clean pass: the identity check
     for start in range(0, len(rest), CLAMP_BATCH - 1):
         chunk = [reference, *rest[start : start + CLAMP_BATCH - 1]]
         patched = run.pipeline.patched(residual.expand(len(chunk), -1, -1), chunk, run.patch, run.first_position)
-        batch = run_from_layer(run.lm.model, patched, run.layer)[:, -1].float()
+        batch = run_from_layer(run.lm.model, patched, run.layer, ids)[:, -1].float()
         logits.append(batch[1:] - batch[:1] + logits[0])  # each row's change, against the reference of its batch
     return clean, torch.cat(logits)
 

@@ -256,10 +256,11 @@ def load_weights(folder: Path, prefix: str = "") -> dict[str, Tensor]:
     return {name[len(prefix) :]: t for name, t in tensors.items() if name.startswith(prefix)}
 
 
-def weights_sha256(folder: Path) -> str:
-    """Fingerprint of a stage's weights file: a later stage records it and refuses a checkpoint built on another."""
+def weights_sha256(folder: Path, name: str = WEIGHTS_FILE) -> str:
+    """Fingerprint of a stage's weights file (or of an imported SAE's, ``name``): a later stage records it and refuses
+    a checkpoint built on another."""
     digest = hashlib.sha256()
-    with open(Path(folder) / WEIGHTS_FILE, "rb") as handle:
+    with open(Path(folder) / name, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 24), b""):
             digest.update(block)
     return f"sha256:{digest.hexdigest()}"

@@ -329,11 +329,20 @@ class ClampConfig(BehaviorConfig, SecondaryInput, ClampSettings):
     lm_fp32: bool = opt(True, "run the LM in fp32 (the effects are about 1e-4 logits)")
 
 
-# The stage names of presets, configs and reproduce.py (whose *_original runs use the same config).
+@dataclass
+class ExportConfig(RunConfig, OverwriteConfig, SAE1Input):
+    format: str = opt("saelens", "saelens (SAE.load_from_disk reads the directory) or sparsify "
+                                 "(SparseCoder.load_from_disk reads it)")
+    output_dir: str = opt("exported_sae", "output directory: the format's files plus feature_integration.json",
+                          output=True)
+
+
+# The stage names of presets, configs and reproduce.py (whose *_original runs use the same config), and export_sae.py's.
 STAGE_CONFIGS: dict[str, type] = {
     "sae1": SAE1Config, "nfm": NFMConfig, "sae2": SAE2Config, "joint": JointConfig, "kl14": KL14Config,
     "ortho": OrthoConfig, "bimodal": BimodalConfig, "kl18": KL18Config, "sparsity": SparsityConfig,
     "discovery": DiscoveryConfig, "selection": SelectionConfig, "meaning": MeaningConfig, "clamp": ClampConfig,
+    "export": ExportConfig,
 }
 
 # Sizes keep the paper's ratios (F/d, K/F, top-N/K, k/d); steps and text sizes fit each preset's time budget.

@@ -1,21 +1,28 @@
 """Read and write the residual stream at layer L = ``hidden_states[L]`` = the output of block ``L-1`` (METHOD §0).
 
-One definition serves capture and patching. Written for Llama-family decoders (``model.model.layers``,
-``rotary_emb``, ``norm``, ``lm_head``) on unpadded windows of equal length, so no attention mask is ever needed.
+One definition serves capture and patching, on unpadded windows of equal length, so no attention mask is ever needed.
+Capture and patching hook block ``L-1`` of any causal LM; running the later blocks alone needs to know where a family
+keeps its blocks, final norm, head and position information (``common.decoder_families``), and a family it does not
+know runs the whole model with the patch hook instead (correct, slower).
 """
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
+from common.decoder_families import decoder_blocks, exact_family
 from common.errors import UserError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
+
+log = logging.getLogger(__name__)
 
 
 class _StopForward(Exception):
@@ -52,11 +59,13 @@ def capture_layers(model: PreTrainedModel, input_ids: Tensor, layers: tuple[int,
                 raise _StopForward(captured[layer])
         return hook
 
-    handles = [model.model.layers[layer - 1].register_forward_hook(keep(layer)) for layer in set(layers)]
-    # no_grad, not inference_mode: inference tensors cannot be saved for backward, and SAEs train on these.
+    blocks = decoder_blocks(model)
+    handles = [blocks[layer - 1].register_forward_hook(keep(layer)) for layer in set(layers)]
+    # no_grad, not inference_mode: inference tensors cannot be saved for backward, and SAEs train on these. The base
+    # model, not the LM: the head never runs anyway.
     try:
         with torch.no_grad():
-            model.model(input_ids=input_ids, use_cache=False)
+            model.base_model(input_ids=input_ids, use_cache=False)
     except _StopForward:
         return captured
     finally:
@@ -73,7 +82,7 @@ def capture_layer_and_logits(model: PreTrainedModel, input_ids: Tensor, layer: i
     def keep(module: torch.nn.Module, args: Any, output: Any) -> None:
         captured.append(_residual(output))
 
-    handle = model.model.layers[layer - 1].register_forward_hook(keep)
+    handle = decoder_blocks(model)[layer - 1].register_forward_hook(keep)
     try:
         with torch.no_grad():
             logits = model(input_ids=input_ids, use_cache=False).logits
@@ -82,20 +91,44 @@ def capture_layer_and_logits(model: PreTrainedModel, input_ids: Tensor, layer: i
     return captured[0], logits
 
 
-def run_from_layer(model: PreTrainedModel, hidden: Tensor, layer: int) -> Tensor:
-    """Logits (B, T, V) from a layer-L residual: blocks L.., final norm, LM head, in the model's dtype."""
+def run_from_layer(model: PreTrainedModel, hidden: Tensor, layer: int, input_ids: Tensor | None = None) -> Tensor:
+    """Logits (B, T, V) from a layer-L residual: blocks L.., final norm, LM head, in the model's dtype.
+
+    ``input_ids`` (B or 1, T) are read only by the fallback, a full forward with the residual patched in, for a family
+    whose later blocks cannot run alone exactly; the blocks before L then run for nothing.
+    """
     check_layer(model, layer)
-    decoder = model.model
+    family = exact_family(model, hidden.shape[1])
+    if family is None:
+        return _full_forward_from(model, hidden, layer, input_ids)
+    decoder = getattr(model, family.base)
     hidden = hidden.to(model.dtype)
     position_ids = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
-    mask = _causal_mask(model, hidden)
+    block_inputs: dict[str, Any] = {"attention_mask": _causal_mask(model, hidden), "position_ids": position_ids}
     with torch.no_grad():
-        position_embeddings = decoder.rotary_emb(hidden, position_ids)
-        for block in decoder.layers[layer:]:
-            output = block(hidden, attention_mask=mask, position_ids=position_ids,
-                           position_embeddings=position_embeddings)
-            hidden = _residual(output)
-        return model.lm_head(decoder.norm(hidden))
+        if family.rotary:
+            block_inputs["position_embeddings"] = decoder.rotary_emb(hidden, position_ids)
+        for block in getattr(decoder, family.blocks)[layer:]:
+            hidden = _residual(block(hidden, **block_inputs))
+        return model.get_output_embeddings()(getattr(decoder, family.norm)(hidden))
+
+
+def _full_forward_from(model: PreTrainedModel, hidden: Tensor, layer: int, input_ids: Tensor | None) -> Tensor:
+    if input_ids is None:
+        raise ValueError(f"{type(model).__name__} runs from a layer only through a full forward, which needs the "
+                         "input ids")
+    _log_fallback(type(model).__name__)
+    if input_ids.shape[0] != hidden.shape[0]:
+        input_ids = input_ids.expand(hidden.shape[0], -1)
+    with patch_layer(model, layer, lambda _: hidden), torch.no_grad():
+        return model(input_ids=input_ids, use_cache=False).logits
+
+
+@functools.cache
+def _log_fallback(model_class: str) -> None:
+    """Once per model class and process: the fallback is correct but runs the blocks before the layer every time."""
+    log.info("%s: the blocks after the patch layer cannot run alone exactly (an unknown family, sliding-window masks "
+             "or soft-capping), so every patched pass is a full forward with the patch hook", model_class)
 
 
 @contextlib.contextmanager
@@ -115,7 +148,7 @@ def patch_layer(model: PreTrainedModel, layer: int, replace: Callable[[Tensor], 
 
     # Ahead of other hooks, so observers (transformers 5's own output_hidden_states hooks, installed on first use)
     # see the patched residual whichever was registered first.
-    handle = model.model.layers[layer - 1].register_forward_hook(swap, prepend=True)
+    handle = decoder_blocks(model)[layer - 1].register_forward_hook(swap, prepend=True)
     try:
         yield
     finally:

@@ -47,9 +47,10 @@ class KLStage:
     extra: dict[str, Any]
 
 
-def check_kl_settings(cfg: Any, checkpoint_layer: int, flag: str) -> None:
-    """Bad numbers and a checkpoint from another layer, refused before anything is loaded or written."""
-    if checkpoint_layer != cfg.layer:
+def check_kl_settings(cfg: Any, checkpoint_layer: int | None, flag: str) -> None:
+    """Bad numbers and a checkpoint from another layer, refused before anything is loaded or written (an imported
+    sparsify SAE may name no layer: it is then the run's)."""
+    if checkpoint_layer is not None and checkpoint_layer != cfg.layer:
         raise UserError(f"{flag} was trained at layer {checkpoint_layer}, but --layer is {cfg.layer} "
                         f"(pass --layer {checkpoint_layer})")
     for name in ("num_wiki_samples", "batch_size", "num_epsilon_samples"):

@@ -311,8 +311,14 @@ def _pretrained(name: str, device: torch.device, dtype: torch.dtype | None, trus
 
     def weights() -> PreTrainedModel:
         try:
-            return AutoModelForCausalLM.from_pretrained(name, dtype=dtype, attn_implementation="sdpa",
-                                                        trust_remote_code=trust_remote_code)
+            try:
+                return AutoModelForCausalLM.from_pretrained(name, dtype=dtype, attn_implementation="sdpa",
+                                                            trust_remote_code=trust_remote_code)
+            except ValueError as err:  # a family without an SDPA kernel (Gemma-2's soft-capping) gets its default
+                if "scaled_dot_product_attention" not in str(err):
+                    raise
+                log.info("%s has no SDPA attention: loading it with its default attention", name)
+                return AutoModelForCausalLM.from_pretrained(name, dtype=dtype, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as err:
             raise _load_error(name, is_local, err) from err
 

@@ -122,7 +122,7 @@ class PatchingEvaluator:
         """
         if self.shared_prefix:
             residual = capture_layer(self.model, input_ids, self.layer)
-            clean_logits = run_from_layer(self.model, residual, self.layer)
+            clean_logits = run_from_layer(self.model, residual, self.layer, input_ids)
         else:
             residual, clean_logits = capture_layer_and_logits(self.model, input_ids, self.layer)
         kept = slice(self.first_position, input_ids.shape[1] - 1)
@@ -164,7 +164,7 @@ class PatchingEvaluator:
 
     def _logits(self, input_ids: Tensor, patched: Tensor) -> Tensor:
         if self.shared_prefix:
-            return run_from_layer(self.model, patched, self.layer)
+            return run_from_layer(self.model, patched, self.layer, input_ids)
         with patch_layer(self.model, self.layer, lambda hidden: patched), torch.no_grad():
             return self.model(input_ids=input_ids, use_cache=False).logits
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,9 @@ class SAEShape:
     num_features: int
     k: int
     tied: bool = True
+    # SAELens' and sparsify's b_dec: subtracted from the input before the encoder, added to the reconstruction. Only
+    # imported SAEs have one; ours are z-scored instead, so they carry no such tensor and their files stay as they were.
+    decoder_bias: bool = False
 
 
 class SAEOutput(NamedTuple):
@@ -43,28 +46,45 @@ class TopKSAE(SavesItself, nn.Module):
 
     ``W_dec`` is stored (F, d), rows = features, so a gather reads contiguous rows. Tied (the default, as the
     original's shared storage made it) means the encoder weight *is* ``W_dec``: one parameter, one Adam update.
+    With ``decoder_bias`` (imported SAEs) the input is centred on ``b_dec`` before the encoder and ``b_dec`` is added
+    back to the reconstruction, as SAELens (``apply_b_dec_to_input``) and sparsify do.
     """
 
     Shape = SAEShape
 
-    def __init__(self, d_model: int, num_features: int, k: int, tied: bool = True) -> None:
+    def __init__(self, d_model: int, num_features: int, k: int, tied: bool = True, decoder_bias: bool = False) -> None:
         super().__init__()
         check_sae_shape(d_model, num_features, k)
         self.d_model, self.num_features, self.k, self.tied = d_model, num_features, k, tied
+        self.decoder_bias = decoder_bias
         # PyTorch's default init of a Linear(F, d) weight (d, F), transposed into our (F, d) layout.
         decoder_weight = torch.empty(d_model, num_features)
         nn.init.kaiming_uniform_(decoder_weight, a=math.sqrt(5))
         self.W_dec = nn.Parameter(decoder_weight.t().contiguous())
         self.b_enc = nn.Parameter(torch.zeros(num_features))
         self.W_enc = None if tied else nn.Parameter(self.W_dec.detach().clone())
+        self.b_dec = nn.Parameter(torch.zeros(d_model)) if decoder_bias else None
 
     @property
     def shape(self) -> SAEShape:
-        return SAEShape(self.d_model, self.num_features, self.k, self.tied)
+        return SAEShape(self.d_model, self.num_features, self.k, self.tied, self.decoder_bias)
 
     @classmethod
     def from_shape(cls, shape: SAEShape) -> TopKSAE:
-        return cls(shape.d_model, shape.num_features, shape.k, shape.tied)
+        return cls(shape.d_model, shape.num_features, shape.k, shape.tied, shape.decoder_bias)
+
+    def record(self) -> dict[str, Any]:
+        record = super().record()
+        if not self.decoder_bias:  # our own SAEs' config.json stays as every earlier version wrote it
+            del record["decoder_bias"]
+        return record
+
+    def center(self, x: Tensor) -> Tensor:
+        """The encoder's input: ``x − b_dec`` (``x`` itself without a decoder bias)."""
+        return x if self.b_dec is None else x - self.b_dec.to(x.dtype)
+
+    def _add_bias(self, recon: Tensor) -> Tensor:
+        return recon if self.b_dec is None else recon + self.b_dec.to(recon.dtype)
 
     @property
     def encoder_weight(self) -> Tensor:
@@ -74,20 +94,22 @@ class TopKSAE(SavesItself, nn.Module):
         """Top-k of ReLU(x W_encᵀ + b); ``k`` below the trained K is the inference-time K of stage 2."""
         k = self.k if k is None else k
         check_sae_shape(self.d_model, self.num_features, k)
-        pre_acts = F.relu(F.linear(x, self.encoder_weight, self.b_enc))  # (B, F)
+        pre_acts = F.relu(F.linear(self.center(x), self.encoder_weight, self.b_enc))  # (B, F)
         top_acts, top_indices = pre_acts.topk(k, dim=-1, sorted=True)
         return top_acts, top_indices
 
     def decode(self, top_acts: Tensor, top_indices: Tensor, mode: str = "sparse") -> Tensor:
         if mode == "sparse":
-            return weighted_row_sum(top_acts, top_indices, self.W_dec)
-        return scatter_codes(top_acts, top_indices, self.num_features) @ self.W_dec
+            return self._add_bias(weighted_row_sum(top_acts, top_indices, self.W_dec))
+        return self._add_bias(scatter_codes(top_acts, top_indices, self.num_features) @ self.W_dec)
 
     def forward(self, x: Tensor, k: int | None = None, decode: str = "sparse") -> SAEOutput:
         if decode == "sparse":
             k = self.k if k is None else k
             check_sae_shape(self.d_model, self.num_features, k)
-            return SAEOutput(*SparseTopKSAE.apply(x, self.encoder_weight, self.b_enc, self.W_dec, k))
+            recon, top_acts, top_indices = SparseTopKSAE.apply(self.center(x), self.encoder_weight, self.b_enc,
+                                                               self.W_dec, k)
+            return SAEOutput(self._add_bias(recon), top_acts, top_indices)
         top_acts, top_indices = self.encode(x, k)
         return SAEOutput(self.decode(top_acts, top_indices, decode), top_acts, top_indices)
 
@@ -154,10 +176,12 @@ class SparseTopKSAE(torch.autograd.Function):
 
 def dense_codes(sae: TopKSAE, x: Tensor, n: int) -> Tensor:
     """(B, F) fp32 codes keeping the ``n`` largest ReLU pre-activations per row, zero elsewhere, written densely."""
-    pre_acts = torch.relu(x.float() @ sae.encoder_weight.float().t() + sae.b_enc.float())
+    centred = x.float() if sae.b_dec is None else x.float() - sae.b_dec.float()
+    pre_acts = torch.relu(centred @ sae.encoder_weight.float().t() + sae.b_enc.float())
     return keep_top_n_dense(pre_acts, n)
 
 
 def sae_reference(sae: TopKSAE, x: Tensor, k: int | None = None) -> Tensor:
     """Plain dense fp32 reconstruction that every fast path is tested against."""
-    return dense_codes(sae, x, sae.k if k is None else k) @ sae.W_dec.float()
+    recon = dense_codes(sae, x, sae.k if k is None else k) @ sae.W_dec.float()
+    return recon if sae.b_dec is None else recon + sae.b_dec.float()

@@ -159,6 +159,15 @@ def _reproduce_nfm_without_sae1(tmp: Path, dirs: Dirs) -> Setup:
     return Setup(["--stages", "nfm", "--output_dir", str(out)], [out])
 
 
+def _export_relu_saelens(tmp: Path, dirs: Dirs) -> Setup:
+    """A SAELens directory of another architecture: refused, naming what is supported."""
+    lens, out = tmp / "relu", tmp / "out"
+    lens.mkdir()
+    (lens / "cfg.json").write_text('{"architecture": "standard", "d_in": 64, "d_sae": 128}')
+    (lens / "sae_weights.safetensors").write_bytes(Path(dirs["stage1"], "best_model.safetensors").read_bytes())
+    return Setup(["--sae1_model_path", str(lens), "--format", "sparsify", "--output_dir", str(out)], [out, lens])
+
+
 def _reproduce_stage_fails(tmp: Path, dirs: Dirs) -> Setup:
     out = tmp / "run"
     return Setup(["--stages", "sae1", "--model", "no-such-org/no-such-model", "--output_dir", str(out)], [out])
@@ -183,6 +192,8 @@ CASES = [
     Case("part17-no-mixture-results", "part17_bimodal_gram.py", _part17_no_mixture_results, "results.json",
          needs="tiny_joint_dir"),
     Case("part18-joint-is-stage1", "part18_joint_kl.py", _part18_joint_is_stage1, "expected joint",
+         needs="tiny_stage1_dir"),
+    Case("export-relu-saelens", "export_sae.py", _export_relu_saelens, "only TopK SAEs are supported",
          needs="tiny_stage1_dir"),
     Case("reproduce-nfm-without-sae1", "reproduce.py", _reproduce_nfm_without_sae1, "stage nfm reads"),
     Case("reproduce-stage-fails", "reproduce.py", _reproduce_stage_fails, "stage sae1 (part1c"),
