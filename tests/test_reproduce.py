@@ -461,3 +461,46 @@ def test_every_holds_verdict_is_the_rule_computed_here(tiny_run):
         if expected.original is not None and rows[key]["holds_original"] != expected.verdict(original):
             wrong.append((key, "holds_original", rows[key]["holds_original"]))
     assert not wrong, wrong  # (row, column, the report's verdict), where the rule computed here says otherwise
+
+
+def test_a_moved_run_folder_continues_without_rerunning(tiny_run, tmp_path, caplog):
+    """reproduce.py knows a stage by what it is (paths under the run folder, texts by content), not by where it lives:
+    a copied run folder skips every finished stage."""
+    import shutil
+
+    import reproduce
+
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_run, moved, symlinks=True)
+    with caplog.at_level("INFO", logger="reproduce"):
+        reproduce.main(["--preset", "tiny", "--output_dir", str(moved)])
+    skipped = [r for r in caplog.records if "already complete, skipped" in r.getMessage()]
+    assert len(skipped) == len(STAGES)
+
+
+def test_a_failed_report_or_figure_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    """REPORT.md and the PNGs go through a temp file and a rename: a write that fails leaves the old file whole."""
+    import os
+
+    import numpy as np
+
+    from common.checkpoint import atomic_save_text
+    from common.plots import plot_histogram_panels
+
+    report = tmp_path / "REPORT.md"
+    report.write_text("the previous report\n", encoding="utf-8")
+    png = tmp_path / "figure.png"
+    png.write_bytes(b"previous png")
+
+    def fail(*_):
+        raise OSError(5, "I/O error")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError):
+        atomic_save_text("# a new report\n", report)
+    with pytest.raises(OSError):
+        plot_histogram_panels({"values": np.array([0.1, 0.2, 0.2, 0.3])}, png, "title", "value")
+    monkeypatch.undo()
+    assert report.read_text(encoding="utf-8") == "the previous report\n"
+    assert png.read_bytes() == b"previous png"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["REPORT.md", "figure.png"]
