@@ -65,6 +65,9 @@ def test_each_number_is_its_stage_output_and_names_its_command(tiny_study, tiny_
     assert commands["trained_k/nfm"].endswith("--sae_k 20 --top_n_features 20")
     assert commands["long/sae1"].endswith("--train_steps 300") and commands["long/joint"].endswith(
         "--epochs_per_chunk 6")
+    pathology = result["questions"]["pathology"]["rows"][0]["cells"]
+    assert [cell["source"].split(":")[0] for cell in pathology] == ["main/kl14", "trained_k/kl14",
+                                                                     "main/kl14_original"]
     # the variants read the main run's earlier stages, not copies of them
     assert (out / "trained_k" / "sae1").resolve() == (tiny_run / "sae1").resolve()
     fp16 = json.loads((out / "fp16" / "sae1" / "config.json").read_text())
