@@ -22,7 +22,7 @@ from common.launch import preload, run_script, run_torchrun
 from common.outputs import OutputDir
 from common.report import write_report
 from common.run_records import RUN_RECORDS, RunRecord, stage_identity
-from common.stages import STAGES, Stage
+from common.stages import BY_NAME, STAGES, Stage
 
 log = logging.getLogger("reproduce")
 ROOT = Path(__file__).resolve().parent
@@ -85,10 +85,9 @@ def run_stage(stage: Stage, argv: list[str], out_dir: Path, text_files: list[str
 def check_inputs_exist(stages: list[Stage], out_dir: Path) -> None:
     """With --stages, an input stage that is neither run now nor finished is refused before anything is written."""
     chosen = {stage.name for stage in stages}
-    by_name = {stage.name: stage for stage in STAGES}
     for stage in stages:
         for folder in stage.input_dirs(out_dir):
-            if folder.name not in chosen and not (folder / by_name[folder.name].done_file).is_file():
+            if folder.name not in chosen and not (folder / BY_NAME[folder.name].done_file).is_file():
                 raise UserError(f"stage {stage.name} reads {folder}, which is not finished: add --stages "
                                 f"{folder.name} (or run it first)")
 

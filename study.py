@@ -24,9 +24,8 @@ from common.cli import run_cli
 from common.config import PRESETS
 from common.launch import preload
 from common.outputs import OutputDir
-from common.stages import Stage
+from common.stages import BY_NAME, Stage
 from common.study import (
-    BY_NAME,
     QUESTIONS,
     SEED_STAGES,
     SEEDS,

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from benchmarks.bench_joint_step import original_step as original_joint_step
 from benchmarks.bench_joint_step import ours_step as ours_joint_step
+from benchmarks.bench_nfm import timed
 from common.codes import scatter_codes
 from common.config import TrainConfig
 from common.device import autocast
@@ -63,16 +64,7 @@ SMOKE = Shapes(64, 1_000, 20, 10, 6, 256, 64, 4, 4, 128, 512, 2, 4, 32)
 def seconds(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
     """Median wall seconds of ``fn`` after one warm-up call."""
     fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(timed(fn, device) for _ in range(repeats))
 
 
 def peak_memory(fn: Callable[[], Any], device: torch.device) -> int | None:

@@ -82,3 +82,4 @@ STAGES = (
     Stage("clamp_linear", "part13_logit_and_clamping_analysis_on_interaction_feature.py",
           (*BEHAVIOR, ("--selection_dir", "selection")), ("--pathway", "linear"), resumable=False),
 )
+BY_NAME = {stage.name: stage for stage in STAGES}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from common.config import build_config
 from common.errors import UserError
-from common.stages import STAGES
+from common.stages import BY_NAME
 
 QUESTIONS = ("regime", "k", "pathology", "length", "seeds", "bimodality")
 # The chain of stage 1 → 2 → 5 → 14 → 16 → 17 → 18 that each seed runs; the main run is seed 0.
@@ -23,7 +23,6 @@ SEED_STAGES = ("sae1", "nfm", "joint", "kl14", "ortho", "bimodal", "kl18")
 SEEDS = (1, 2)  # beside the main run's seed 0: three seeds
 LENGTH_FACTOR = 3
 FP16 = "faithful-fp16"
-BY_NAME = {stage.name: stage for stage in STAGES}
 
 
 @dataclass(frozen=True)

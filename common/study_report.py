@@ -196,8 +196,8 @@ def pathology(runs: Runs) -> dict[str, Any]:
 
 
 def length(runs: Runs) -> dict[str, Any]:
-    steps = [runs.stage_config(variant, "sae1").get("stop_at_step") or runs.stage_config(variant, "sae1").get(
-        "train_steps") for variant in ("main", "long")]
+    configs = [runs.stage_config(variant, "sae1") for variant in ("main", "long")]
+    steps = [config.get("stop_at_step") or config.get("train_steps") for config in configs]
     section = table(runs, [Column(f"main run ({steps[0]} stage-1 steps)", "main"),
                            Column(f"3x ({steps[1]} stage-1 steps, 3x stage-5 epochs)", "long")], [
         *STAGE1, Figure("stage 5 improvement over its own SAE path", "41.3%", "joint:improvement"),
@@ -283,10 +283,13 @@ def decoder_bimodality(folder: Path, seed: int) -> dict[str, Any]:
     initial = squared_norms(initial_decoder(folder)).numpy()
     kept = trained > threshold
     moved = kept & (np.abs(trained - initial) > NEAR_INIT_TOLERANCE * initial)
-    return {"trained": norm_statistics(trained[kept], seed), "initial": norm_statistics(initial, seed),
+    kept_stats = norm_statistics(trained[kept], seed)
+    agree = (kept_stats["mixture"]["bimodal"] and kept_stats["dip"]["bimodal"]
+             and kept_stats["valley"]["valley"])
+    return {"trained": kept_stats, "initial": norm_statistics(initial, seed),
             "moved": norm_statistics(trained[moved], seed) if moved.sum() > 3 else {"n": int(moved.sum())},
             "moved_fraction": float(moved.sum() / kept.sum()),
-            "verdict": None}
+            "verdict": bool(agree)}
 
 
 def _verdicts(entry: dict[str, Any]) -> str:
@@ -305,11 +308,7 @@ def bimodality_section(runs: Runs) -> dict[str, Any]:
         for stage, name in (("sae1", "standalone"), ("joint", "joint")):
             if not (runs.folder(variant) / STAGE_FILES[stage]).is_file():
                 continue
-            folder = runs.folder(variant) / stage
-            result = decoder_bimodality(folder, 0)
-            trained = result["trained"]
-            agree = trained["mixture"]["bimodal"] and trained["dip"]["bimodal"] and trained["valley"]["valley"]
-            result["verdict"] = bool(agree)
+            result = decoder_bimodality(runs.folder(variant) / stage, 0)
             entries.append({"variant": variant, "sae": name, "folder": f"{variant}/{stage}", **result})
     main = {e["sae"]: e for e in entries if e["variant"] == "main"}
     finding = "not run" if len(main) < 2 else (
@@ -374,7 +373,7 @@ def _seed_lines(section: dict[str, Any]) -> list[str]:
              "|---|---|" + "---|" * (len(seeds) + 3)]
     for row in section["rows"]:
         spread = "" if row["mean"] is None else (f"{_value(row['mean'], row['kind'])} ± "
-                                                 f"{_value(row['sd'], row['kind'] if row['kind'] != 'pct' else 'pct')}")
+                                                 f"{_value(row['sd'], row['kind'])}")
         held = "" if row["holds_count"] is None else f"{row['holds_count']}/{len(seeds)}"
         lines.append(f"| {row['name']} | {row['paper']} | " + " | ".join(_value(v, row["kind"]) for v in row["values"])
                      + f" | {spread} | {row['rule']} | {held} |")
