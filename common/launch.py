@@ -2,7 +2,11 @@
 heavy libraries: a stage then starts in a fraction of a second instead of spending seconds re-importing torch and
 transformers (twenty stages run per pipeline), and a crash or a kill still takes only its own process. Where there
 is no ``fork`` (Windows), or with ``FEATURE_INTEGRATION_SUBPROCESS=1``, a stage is a plain fresh interpreter. A stage
-that splits by rank, with ``--nproc N``, runs under torchrun, which starts its N processes itself."""
+that splits by rank, with ``--nproc N``, runs under torchrun, which starts its N processes itself.
+
+The parent must not have run a parallel torch op before it forks: the OpenMP thread pool does not survive a fork,
+and the child hangs on its first parallel op. reproduce.py and study.py fork from a fresh command-line process that
+only imports; a caller that has computed (a test process) starts them as their own process, or sets the variable."""
 from __future__ import annotations
 
 import importlib

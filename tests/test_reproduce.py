@@ -463,15 +463,18 @@ def test_every_holds_verdict_is_the_rule_computed_here(tiny_run):
     assert not wrong, wrong  # (row, column, the report's verdict), where the rule computed here says otherwise
 
 
-def test_a_moved_run_folder_continues_without_rerunning(tiny_run, tmp_path, caplog):
+def test_a_moved_run_folder_continues_without_rerunning(tiny_run, tmp_path, caplog, monkeypatch):
     """reproduce.py knows a stage by what it is (paths under the run folder, texts by content), not by where it lives:
     a copied run folder skips every finished stage."""
     import shutil
 
     import reproduce
+    from common.launch import SUBPROCESS_ENV
 
     moved = tmp_path / "moved"
     shutil.copytree(tiny_run, moved, symlinks=True)
+    # a stage that did run would be a fresh interpreter: forked from this test process it could hang (see launch.py)
+    monkeypatch.setenv(SUBPROCESS_ENV, "1")
     with caplog.at_level("INFO", logger="reproduce"):
         reproduce.main(["--preset", "tiny", "--output_dir", str(moved)])
     skipped = [r for r in caplog.records if "already complete, skipped" in r.getMessage()]

@@ -5,6 +5,8 @@ bimodal sample from a unimodal one."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +19,19 @@ from common.report import write_report
 from common.stats import bimodality, dip_test, valley
 from common.study_report import initial_decoder
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 @pytest.fixture(scope="module")
 def tiny_study(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("study") / "study"
-    # one extra seed (the cpu study runs two): enough to see a seed change the numbers, and 11 s less suite time
-    study.main(["--preset", "tiny", "--output_dir", str(out), "--main_run", str(tiny_run), "--seeds", "1"])
+    # One extra seed (the cpu study runs two): enough to see a seed change the numbers, and 11 s less suite time.
+    # Its own process, as a user runs it: study.py forks each stage from a parent that has run no torch op, and this
+    # test process has (an OpenMP thread pool does not survive a fork: the stage would hang on its first op).
+    result = subprocess.run([sys.executable, str(ROOT / "study.py"), "--preset", "tiny", "--output_dir", str(out),
+                             "--main_run", str(tiny_run), "--seeds", "1"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
     return out, json.loads((out / "study.json").read_text(encoding="utf-8"))
 
 
