@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.cli import run_cli
-from common.config import input_paths, parse_config
+from common.config.stages import input_paths, parse_config
 from common.errors import UserError
-from common.loading import PROVENANCE_KEYS, load_sae
-from common.outputs import OutputDir
-from common.sae_formats import FORMATS, export_sae
+from common.models.formats import FORMATS, export_sae
+from common.models.loading import PROVENANCE_KEYS, load_sae
+from common.stages.cli import run_cli
+from common.store.lock import OutputDir
 
 
 def main(argv: list[str] | None = None) -> Path:

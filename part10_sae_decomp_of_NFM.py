@@ -12,15 +12,15 @@ import time
 import torch
 from torch import Tensor
 
-from common.activations import NormStats
-from common.chunks import ChunkPlan
-from common.cli import run_cli
-from common.loading import StageInput, check_nfm_on_sae, load_nfm, load_sae
-from common.nfm_objective import interaction_vectors
-from common.sae import TopKSAE, check_sae_shape
-from common.sae_objective import SAETrainingStage
-from common.stage import open_stream, release
-from common.stage_runner import StageData, StageRun
+from common.data.activations import NormStats
+from common.data.chunks import ChunkPlan
+from common.models.loading import StageInput, check_nfm_on_sae, load_nfm, load_sae
+from common.models.sae import TopKSAE, check_sae_shape
+from common.stages.cli import run_cli
+from common.stages.opening import open_stream, release
+from common.stages.trained import StageData, StageRun
+from common.training.nfm_objective import interaction_vectors
+from common.training.sae_objective import SAETrainingStage
 
 log = logging.getLogger("part10")
 

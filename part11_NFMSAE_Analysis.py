@@ -14,14 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from common.analysis import read_results
-from common.behavior_stage import attribution, finish, open_run, ranked, stimulus_set, text_means
-from common.behavior_stats import active_in, screen_interaction, screen_oneway
-from common.cli import run_cli
-from common.config import parse_config
+from common.analysis.decoders import read_results
+from common.behavior.statistics import active_in, screen_interaction, screen_oneway
+from common.behavior.stimuli import CELLS
+from common.config.stages import parse_config
 from common.errors import UserError
 from common.plots import plot_heatmap, plot_histograms
-from common.stimuli import CELLS
+from common.stages.behavior import attribution, finish, open_run, ranked, stimulus_set, text_means
+from common.stages.cli import run_cli
 
 ANALYSIS = "selection"
 RANKINGS = {"interaction": "F", "omnibus": "F"}

@@ -11,15 +11,15 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from common.activations import ActivationStream
-from common.analysis import read_results
-from common.behavior import Clamp
-from common.behavior_stage import finish, greedy, open_run, top_examples
-from common.cli import run_cli
-from common.config import parse_config
-from common.data import WindowedText, resolve_text
+from common.analysis.decoders import read_results
+from common.behavior.pipeline import Clamp
+from common.behavior.stimuli import load_stimuli
+from common.config.stages import parse_config
+from common.data.activations import ActivationStream
+from common.data.text import WindowedText, resolve_text
 from common.errors import UserError
-from common.stimuli import load_stimuli
+from common.stages.behavior import finish, greedy, open_run, top_examples
+from common.stages.cli import run_cli
 
 ANALYSIS = "meaning"
 PAPER = ("paper: feature 4022 labelled \"that\" by an LLM reading its examples (the original's clamp never reached "

@@ -17,15 +17,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.analysis import read_results
-from common.behavior import CLAMP_MODES, PATCHES, PATHWAYS
-from common.behavior_stage import finish, open_run
-from common.clamp_test import WordGrid, active_features, deltas, summarize, value_key
-from common.cli import run_cli
-from common.config import parse_config
+from common.analysis.decoders import read_results
+from common.behavior.logit_test import WordGrid, active_features, deltas, summarize, value_key
+from common.behavior.pipeline import CLAMP_MODES, PATCHES, PATHWAYS
+from common.behavior.stimuli import CELLS, load_stimuli, single_token_words
+from common.config.stages import parse_config
 from common.errors import UserError
 from common.plots import plot_grouped_bars, plot_histograms, plot_interaction_lines, plot_points_by_group
-from common.stimuli import CELLS, load_stimuli, single_token_words
+from common.stages.behavior import finish, open_run
+from common.stages.cli import run_cli
 
 ANALYSIS = "clamp"
 PRIMARY_VALUE = -4.0

@@ -6,11 +6,11 @@
 """
 from __future__ import annotations
 
-from common.cli import run_cli
-from common.config import parse_config
-from common.kl_conditions import SEQUENTIAL_CONDITIONS, original_settings, sequential_conditions, trained_settings
-from common.kl_stage import KLStage, check_kl_settings, run_kl_stage
-from common.loading import check_nfm_on_sae, load_nfm, load_sae
+from common.config.stages import parse_config
+from common.kl.conditions import SEQUENTIAL_CONDITIONS, original_settings, sequential_conditions, trained_settings
+from common.models.loading import check_nfm_on_sae, load_nfm, load_sae
+from common.stages.cli import run_cli
+from common.stages.kl import KLStage, check_kl_settings, run_kl_stage
 
 PAPER = ("paper (original evaluation): SAE 2.99x ε-random, SAE + NFM 2.1x, a 29.8% KL reduction; "
          "linear 29.8% (t = 806.3), interaction 0.9%; 17.8M measurements")

@@ -10,15 +10,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from common.analysis import load_decoder, run_record
-from common.checkpoint import write_results
-from common.cli import run_cli
-from common.config import input_paths, parse_config
-from common.device import resolve_device
+from common.analysis.decoders import load_decoder, run_record
+from common.analysis.geometry import squared_norms
+from common.analysis.orthogonality import ANALYSIS, MIN_FEATURES, analyse, format_table, plot
+from common.config.stages import input_paths, parse_config
 from common.errors import UserError
-from common.geometry import squared_norms
-from common.orthogonality import ANALYSIS, MIN_FEATURES, analyse, format_table, plot
-from common.outputs import OutputDir
+from common.runtime.regimes import resolve_device
+from common.stages.cli import run_cli
+from common.store.lock import OutputDir
+from common.store.stage_files import write_results
 
 log = logging.getLogger("part16")
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from common.analysis import initial_norm_band, read_results, run_record, source_record
-from common.bimodal import (
+from common.analysis.bimodal import (
     ANALYSIS,
     CONSTRUCTION_NOTE,
     MIN_FEATURES_PER_GROUP,
@@ -23,12 +22,13 @@ from common.bimodal import (
     pathway_norms,
     plot,
 )
-from common.checkpoint import write_results
-from common.cli import run_cli
-from common.config import input_paths, parse_config
+from common.analysis.decoders import initial_norm_band, read_results, run_record, source_record
+from common.config.stages import input_paths, parse_config
 from common.errors import UserError
-from common.loading import load_joint
-from common.outputs import OutputDir
+from common.models.loading import load_joint
+from common.stages.cli import run_cli
+from common.store.lock import OutputDir
+from common.store.stage_files import write_results
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -6,11 +6,11 @@
 """
 from __future__ import annotations
 
-from common.cli import run_cli
-from common.config import parse_config
-from common.kl_conditions import JOINT_CONDITIONS, joint_conditions, original_settings, trained_settings
-from common.kl_stage import KLStage, check_kl_settings, run_kl_stage
-from common.loading import load_joint
+from common.config.stages import parse_config
+from common.kl.conditions import JOINT_CONDITIONS, joint_conditions, original_settings, trained_settings
+from common.models.loading import load_joint
+from common.stages.cli import run_cli
+from common.stages.kl import KLStage, check_kl_settings, run_kl_stage
 
 PAPER = ("paper (original evaluation): joint KL reduction 51.6% (headline); "
          "components linear 50.9% / interaction 8.6% / "

@@ -8,13 +8,13 @@ from __future__ import annotations
 import logging
 import time
 
-from common.activations import NormStats
-from common.cli import run_cli
+from common.data.activations import NormStats
 from common.errors import UserError
-from common.sae import TopKSAE, check_sae_shape
-from common.sae_objective import SAETrainingStage
-from common.stage import open_stream, release
-from common.stage_runner import StageData, StageRun
+from common.models.sae import TopKSAE, check_sae_shape
+from common.stages.cli import run_cli
+from common.stages.opening import open_stream, release
+from common.stages.trained import StageData, StageRun
+from common.training.sae_objective import SAETrainingStage
 
 log = logging.getLogger("part1c")
 

@@ -12,16 +12,16 @@ from pathlib import Path
 
 import torch
 
-from common.chunks import ChunkPlan, StreamedChunks, check_streaming_settings
-from common.cli import run_cli
-from common.config import EVAL_BATCH_ROWS
-from common.device import autocast
+from common.config.stages import EVAL_BATCH_ROWS
+from common.data.chunks import ChunkPlan, StreamedChunks, check_streaming_settings
 from common.errors import UserError
-from common.loading import StageInput, load_sae
-from common.nfm import NFM
-from common.nfm_objective import SAECodes, concat, evaluate_nfm, nfm_loss, sae_codes, subset
-from common.stage import open_stream
-from common.stage_runner import StageData, StageRun, TrainedStage
+from common.models.loading import StageInput, load_sae
+from common.models.nfm import NFM
+from common.runtime.regimes import autocast
+from common.stages.cli import run_cli
+from common.stages.opening import open_stream
+from common.stages.trained import StageData, StageRun, TrainedStage
+from common.training.nfm_objective import SAECodes, concat, evaluate_nfm, nfm_loss, sae_codes, subset
 
 ERRORS = ("residual_mse_before", "residual_mse_after", "error_reduction")
 COMPONENTS = ("mean_abs_linear", "mean_abs_interaction", "linear_share", "interaction_share")

@@ -13,15 +13,15 @@ from typing import Any
 
 import numpy as np
 
-from common.analysis import run_record
-from common.behavior_stats import row_statistics, untrained_gini_reference
-from common.checkpoint import write_results
-from common.cli import run_cli
-from common.config import input_paths, parse_config
+from common.analysis.decoders import run_record
+from common.behavior.statistics import row_statistics, untrained_gini_reference
+from common.config.stages import input_paths, parse_config
 from common.errors import UserError
-from common.loading import load_nfm
-from common.outputs import OutputDir
+from common.models.loading import load_nfm
 from common.plots import plot_histograms
+from common.stages.cli import run_cli
+from common.store.lock import OutputDir
+from common.store.stage_files import write_results
 
 ANALYSIS = "sparsity"
 # The NFM's init (METHOD §2): embeddings N(0, 0.05), the linear weight N(0, 0.01).

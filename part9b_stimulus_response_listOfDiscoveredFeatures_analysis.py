@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from common.behavior_stage import finish, open_run, ranked, stimulus_set, text_means
-from common.behavior_stats import active_in, screen_t
-from common.cli import run_cli
-from common.config import parse_config
+from common.behavior.statistics import active_in, screen_t
+from common.config.stages import parse_config
 from common.errors import UserError
 from common.plots import plot_grouped_bars
+from common.stages.behavior import finish, open_run, ranked, stimulus_set, text_means
+from common.stages.cli import run_cli
 
 ANALYSIS = "discovery"
 FACTORS = {"formality": ("formal", "casual"), "emotion": ("high", "low")}

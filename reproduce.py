@@ -15,14 +15,14 @@ import logging
 import time
 from pathlib import Path
 
-from common.cli import ERROR_FILE_ENV, run_cli
-from common.config import PRESETS
+from common.config.stages import PRESETS
 from common.errors import UserError
-from common.launch import preload, run_script, run_torchrun
-from common.outputs import OutputDir
-from common.report import write_report
-from common.run_records import RUN_RECORDS, RunRecord, stage_identity
-from common.stages import BY_NAME, STAGES, Stage
+from common.reporting.report import write_report
+from common.stages.cli import ERROR_FILE_ENV, run_cli
+from common.stages.launch import preload, run_script, run_torchrun
+from common.stages.pipeline import BY_NAME, STAGES, Stage
+from common.stages.run_records import RUN_RECORDS, RunRecord, stage_identity
+from common.store.lock import OutputDir
 
 log = logging.getLogger("reproduce")
 ROOT = Path(__file__).resolve().parent

@@ -19,13 +19,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from common.checkpoint import git_commit
-from common.cli import run_cli
-from common.config import PRESETS
-from common.launch import preload
-from common.outputs import OutputDir
-from common.stages import BY_NAME, Stage
-from common.study import (
+from common.config.stages import PRESETS
+from common.reporting.study_plan import (
     QUESTIONS,
     SEED_STAGES,
     SEEDS,
@@ -38,7 +33,12 @@ from common.study import (
     question_runs,
     variant_dir,
 )
-from common.study_report import write_study
+from common.reporting.study_report import write_study
+from common.stages.cli import run_cli
+from common.stages.launch import preload
+from common.stages.pipeline import BY_NAME, Stage
+from common.store.lock import OutputDir
+from common.store.stage_files import git_commit
 from reproduce import run_stage, stage_argv
 
 log = logging.getLogger("study")

@@ -3,7 +3,7 @@
     python -m benchmarks.bench_joint_step [--device cpu|cuda] [--rounds 3] [--steps 3]
 
 Both sides run the whole step: forward, MSE, backward, gradient clip at 1.0, Adam.
-Ours is ``common.train.Trainer.train_step`` on ``common.joint.JointSAENFM`` with the device's defaults (METHOD §9): one
+Ours is ``common.training.trainer.Trainer.train_step`` on ``common.models.joint.JointSAENFM`` with the device's defaults (METHOD §9): one
 tied F × d SAE matrix, fp32 weights and Adam state, fused Adam, and on the CPU the gather (embedding-bag) decode in
 fp32, on CUDA the dense decode under bf16 autocast.
 The original's step: an encoder ``Linear(d, F)`` whose weight is assigned a view of the decoder ``Linear(F, d)``'s
@@ -16,7 +16,7 @@ Each model with its Adam state is about 8 GB, so only one lives at a time: round
 builds its model, runs one warm-up step (Adam's state is allocated there) and times ``--steps`` steps. Printed: the
 median wall and CPU seconds per step of each and their ratios. Not run by CI; asserts nothing.
 
-Run through ``common.cli.run_cli`` as the numbered scripts are, so both sides get its huge pages for PyTorch's CPU
+Run through ``common.stages.cli.run_cli`` as the numbered scripts are, so both sides get its huge pages for PyTorch's CPU
 buffers (``THP_MEM_ALLOC_ENABLE``; ``=0`` in the environment turns them off). On a shared CPU ``OMP_WAIT_POLICY``
 moves both sides too and must be set before Python starts: with other jobs on the cores, OpenMP's spinning threads
 stall every parallel region (a 131k-element sort took 180-280 ms instead of 2.5 ms with ``PASSIVE``). The header
@@ -38,13 +38,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmarks.bench_nfm import DenseNFM
-from common.cli import run_cli
-from common.codes import scatter_codes, select_top_n
-from common.config import TrainConfig
-from common.device import resolve_decode, resolve_device, resolve_precision
-from common.joint import JointSAENFM
-from common.joint_objective import joint_loss
-from common.train import Trainer
+from common.config.stages import TrainConfig
+from common.models.codes import scatter_codes, select_top_n
+from common.models.joint import JointSAENFM
+from common.runtime.regimes import resolve_decode, resolve_device, resolve_precision
+from common.stages.cli import run_cli
+from common.training.joint_objective import joint_loss
+from common.training.trainer import Trainer
 
 
 class OriginalJoint(nn.Module):

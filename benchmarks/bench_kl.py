@@ -22,15 +22,15 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from common.activations import NormStats  # noqa: E402
-from common.data import WindowedText, resolve_text  # noqa: E402
-from common.device import resolve_decode, resolve_device  # noqa: E402
-from common.hooks import capture_layer  # noqa: E402
-from common.kl_conditions import sequential_conditions, trained_settings  # noqa: E402
-from common.lm import SMOLLM2_GGUF, load_lm  # noqa: E402
-from common.nfm import NFM  # noqa: E402
-from common.patching import PatchingEvaluator  # noqa: E402
-from common.sae import TopKSAE  # noqa: E402
+from common.data.activations import NormStats  # noqa: E402
+from common.data.text import WindowedText, resolve_text  # noqa: E402
+from common.kl.conditions import sequential_conditions, trained_settings  # noqa: E402
+from common.kl.evaluator import PatchingEvaluator  # noqa: E402
+from common.lm.hooks import capture_layer  # noqa: E402
+from common.lm.loading import SMOLLM2_GGUF, load_lm  # noqa: E402
+from common.models.nfm import NFM  # noqa: E402
+from common.models.sae import TopKSAE  # noqa: E402
+from common.runtime.regimes import resolve_decode, resolve_device  # noqa: E402
 
 ORIGINAL_BATCH = 4
 

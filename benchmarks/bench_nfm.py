@@ -4,7 +4,7 @@
 
 Both sides start from the same (B, N) codes with exactly N non-zeros per row. The dense side is a plain
 ``Linear(F, d)`` on the scattered (B, F) matrix with the interaction as ``(f@E)² − (f²)@(E²)``, in fp32; ours is
-``common.nfm.NFM`` with the decode path(s) METHOD §9 picks for the device. Reported: forward+backward, and the whole
+``common.models.nfm.NFM`` with the decode path(s) METHOD §9 picks for the device. Reported: forward+backward, and the whole
 training step with fused Adam, as medians of alternated repeats after warm-up. Not run by CI; asserts nothing.
 """
 from __future__ import annotations
@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from common.codes import scatter_codes
-from common.device import autocast, resolve_device
-from common.nfm import NFM
+from common.models.codes import scatter_codes
+from common.models.nfm import NFM
+from common.runtime.regimes import autocast, resolve_device
 
 
 class DenseNFM(nn.Module):

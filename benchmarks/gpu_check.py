@@ -30,13 +30,13 @@ import torch.nn.functional as F
 from benchmarks.bench_joint_step import original_step as original_joint_step
 from benchmarks.bench_joint_step import ours_step as ours_joint_step
 from benchmarks.bench_nfm import timed
-from common.codes import scatter_codes
-from common.config import TrainConfig
-from common.device import autocast
-from common.joint import JointSAENFM, joint_reference
-from common.nfm import NFM, nfm_reference
-from common.sae import TopKSAE, sae_reference
-from common.train import Trainer
+from common.config.stages import TrainConfig
+from common.models.codes import scatter_codes
+from common.models.joint import JointSAENFM, joint_reference
+from common.models.nfm import NFM, nfm_reference
+from common.models.sae import TopKSAE, sae_reference
+from common.runtime.regimes import autocast
+from common.training.trainer import Trainer
 
 
 @dataclass(frozen=True)
@@ -231,10 +231,10 @@ def random_lm(shapes: Shapes, device: torch.device) -> Any:
 def lm_figures(shapes: Shapes, device: torch.device, repeats: int) -> dict[str, Any]:
     """Harvest (early exit at the layer vs the full forward) and KL (shared prefix at batch 32 vs the original's whole
     forward per patch at batch 4) in tokens per second, and the KL stage's peak memory, on the random LM."""
-    from common.activations import NormStats
-    from common.hooks import capture_layer
-    from common.kl_conditions import sequential_conditions, trained_settings
-    from common.patching import PatchingEvaluator
+    from common.data.activations import NormStats
+    from common.kl.conditions import sequential_conditions, trained_settings
+    from common.kl.evaluator import PatchingEvaluator
+    from common.lm.hooks import capture_layer
 
     model = random_lm(shapes, device)
     ids = torch.randint(0, shapes.vocab, (shapes.windows, shapes.window), device=device)

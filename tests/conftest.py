@@ -13,7 +13,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from common.lm import SMOLLM2_GGUF, TINY_MODEL, LoadedLM, load_lm  # noqa: E402
+from common.lm.loading import SMOLLM2_GGUF, TINY_MODEL, LoadedLM, load_lm  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:

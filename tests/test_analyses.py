@@ -11,15 +11,15 @@ from scipy import stats
 
 import part16_orthogonality as part16
 import part17_bimodal_gram as part17
-from common import bimodal
-from common.activations import NORM_STATS_FILE, NormStats
-from common.analysis import RESULTS_FILE, barely_moved, initial_norm_band, near_init
-from common.checkpoint import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, atomic_save_json, atomic_save_safetensors
+from common.analysis import bimodal
+from common.analysis.decoders import RESULTS_FILE, barely_moved, initial_norm_band, near_init
+from common.data.activations import NORM_STATS_FILE, NormStats
 from common.errors import UserError
-from common.joint import JointSAENFM
-from common.loading import load_joint
+from common.models.joint import JointSAENFM
+from common.models.loading import load_joint
+from common.models.sae import TopKSAE
 from common.paths import REPO_ROOT
-from common.sae import TopKSAE
+from common.store.stage_files import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, atomic_save_json, atomic_save_safetensors
 
 D, F, NFM_K = 64, 1000, 6  # the tiny preset's shapes: the initial squared norm d/(3F) is 0.0213 as in the paper
 N_INIT, N_LOW_MOVED, N_HIGH = 100, 200, 700  # the joint decoder's constructed populations, in this row order

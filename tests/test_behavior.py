@@ -1,15 +1,15 @@
-"""common/behavior.py: the behavioral pipeline is what part14 patches, and the clamp changes one feature and nothing
+"""common/behavior/pipeline.py: the behavioral pipeline is what part14 patches, and the clamp changes one feature and nothing
 else (METHOD §10 decisions 3 and 4)."""
 from pathlib import Path
 
 import pytest
 import torch
 
-from common.behavior import Clamp
-from common.behavior_stage import BehaviorRun, last_position_logits, open_run, token_ids
-from common.config import build_config
-from common.hooks import capture_layer, patch_layer
-from common.kl_conditions import sequential_conditions
+from common.behavior.pipeline import Clamp
+from common.config.stages import build_config
+from common.kl.conditions import sequential_conditions
+from common.lm.hooks import capture_layer, patch_layer
+from common.stages.behavior import BehaviorRun, last_position_logits, open_run, token_ids
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["as_trained", "original_eval"])

@@ -10,7 +10,7 @@ import part9b_stimulus_response_listOfDiscoveredFeatures_analysis as part9b
 import part11_NFMSAE_Analysis as part11
 import part12_NFMSAE_feature_meaning_large_wiki as part12
 import part13_logit_and_clamping_analysis_on_interaction_feature as part13
-from common.cli import run_cli
+from common.stages.cli import run_cli
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from statsmodels.formula.api import ols
 from statsmodels.stats.anova import AnovaRM, anova_lm
 from statsmodels.stats.multitest import multipletests
 
-from common.behavior_stats import (
+from common.behavior.statistics import (
     active_in,
     bh_fdr,
     by_word,

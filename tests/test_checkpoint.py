@@ -3,7 +3,8 @@ import os
 import pytest
 import torch
 
-from common.checkpoint import (
+from common.errors import UserError
+from common.store.stage_files import (
     CONFIG_FILE,
     METRICS_FILE,
     WEIGHTS_FILE,
@@ -14,7 +15,6 @@ from common.checkpoint import (
     read_stage,
     require_match,
 )
-from common.errors import UserError
 
 
 def test_safetensors_round_trip_is_bit_exact(tmp_path):

@@ -1,5 +1,5 @@
 """Every script, run as a process on bad input: exit code 2, exactly one ``error: ...`` line on stderr, no Python
-traceback, and no output directory created or changed (``common.cli.run_cli``'s promise).
+traceback, and no output directory created or changed (``common.stages.cli.run_cli``'s promise).
 
 Each case costs one Python + torch start-up (3-6 s), so all of them run from one module-scoped fixture, four at a
 time, while the session's tiny stage directories are built in this process; the tests below only read the results.

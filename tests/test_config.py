@@ -1,9 +1,9 @@
-"""common/config.py: presets are checked when the module is imported, every flag has help, old flag names still work."""
+"""common/config/stages.py: presets are checked when the module is imported, every flag has help, old flag names still work."""
 import dataclasses
 
 import pytest
 
-from common.config import PRESETS, STAGE_CONFIGS, check_presets, parse_config
+from common.config.stages import PRESETS, STAGE_CONFIGS, check_presets, parse_config
 
 
 def test_a_misspelled_preset_key_or_stage_is_refused():

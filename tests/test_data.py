@@ -1,6 +1,6 @@
 import pytest
 
-from common.data import TextSource, WindowedText, is_validation_window, local_text, resolve_text
+from common.data.text import TextSource, WindowedText, is_validation_window, local_text, resolve_text
 from common.errors import UserError
 from common.paths import shared_wikitext_dir
 
@@ -65,7 +65,7 @@ def test_cpu_preset_finds_the_shared_copy_and_wikitext_dir_wins(tmp_path, monkey
 
 
 def test_no_text_anywhere_offline_names_every_option(monkeypatch, tmp_path):
-    monkeypatch.setattr("common.data.shared_wikitext_dir", lambda: None)
+    monkeypatch.setattr("common.data.text.shared_wikitext_dir", lambda: None)
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(UserError) as err:
         resolve_text(None, "cpu", "train")

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import common.hooks
-from common.decoder_families import decoder_blocks, exact_family
-from common.hooks import capture_layer, capture_layer_and_logits, patch_layer, run_from_layer
-from common.lm import LoadedLM
+import common.lm.hooks
+from common.lm.families import decoder_blocks, exact_family
+from common.lm.hooks import capture_layer, capture_layer_and_logits, patch_layer, run_from_layer
+from common.lm.loading import LoadedLM
 
 LAYERS, WIDTH, VOCAB = 3, 32, 512
 SHARED = dict(vocab_size=VOCAB, num_hidden_layers=LAYERS, bos_token_id=1, eos_token_id=2, pad_token_id=0)
@@ -49,7 +49,7 @@ def tiny_model(family: str):
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        # Gemma-2's soft-capping has no SDPA kernel in transformers 5: it runs eager attention, as common.lm loads it.
+        # Gemma-2's soft-capping has no SDPA kernel in transformers 5: it runs eager attention, as common.lm.loading loads it.
         attention = "eager" if family == "gemma2" else "sdpa"
         model = AutoModelForCausalLM.from_config(family_config(family), attn_implementation=attention)
     return model.eval().requires_grad_(False)
@@ -64,7 +64,7 @@ def test_capture_run_from_layer_and_patch_agree_with_the_full_forward(family: st
                                                                      caplog: pytest.LogCaptureFixture) -> None:
     model, ids = tiny_model(family), random_ids()
     assert (exact_family(model, ids.shape[1]) is None) == (family in FALLBACK)
-    common.hooks._log_fallback.cache_clear()  # it logs once per model class and process
+    common.lm.hooks._log_fallback.cache_clear()  # it logs once per model class and process
     with torch.no_grad():
         out = model(input_ids=ids, output_hidden_states=True, use_cache=False)
     assert len(decoder_blocks(model)) == LAYERS
@@ -73,7 +73,7 @@ def test_capture_run_from_layer_and_patch_agree_with_the_full_forward(family: st
         assert torch.equal(residual, out.hidden_states[layer])
         hidden, logits = capture_layer_and_logits(model, ids, layer)
         assert torch.equal(hidden, residual) and torch.equal(logits, out.logits)
-        with caplog.at_level(logging.INFO, logger="common.hooks"):
+        with caplog.at_level(logging.INFO, logger="common.lm.hooks"):
             torch.testing.assert_close(run_from_layer(model, residual, layer, ids), out.logits, rtol=0, atol=1e-5)
         with patch_layer(model, layer, lambda h: h), torch.no_grad():
             assert torch.equal(model(input_ids=ids, use_cache=False).logits, out.logits)

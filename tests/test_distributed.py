@@ -23,13 +23,20 @@ import part2d_residual_NFM_streaming as part2d
 import part14_kl_tests as part14
 import part15_joint_SAENFM as part15
 import reproduce
-from common.batches import RowBatches
-from common.checkpoint import CONFIG_FILE, METRICS_FILE, PAUSE_WRITE_ENV, RESULTS_FILE, load_resume_state, load_weights
-from common.cli import run_cli
-from common.distributed import World
+from common.data.batches import RowBatches
 from common.errors import UserError
-from common.kl_report import PER_POSITION_FILE
-from common.outputs import LOCK_FILE
+from common.kl.summary import PER_POSITION_FILE
+from common.runtime.distributed import World
+from common.stages.cli import run_cli
+from common.store.lock import LOCK_FILE
+from common.store.stage_files import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    PAUSE_WRITE_ENV,
+    RESULTS_FILE,
+    load_resume_state,
+    load_weights,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 # One thread per process on both sides: the cache and the KL parts are then the same computation bit for bit.

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import part2d_residual_NFM_streaming as part2d
-from common.checkpoint import PAUSE_WRITE_ENV, RESUME_FILE, WEIGHTS_FILE, load_resume_state, load_weights
-from common.outputs import LOCK_FILE
+from common.store.lock import LOCK_FILE
+from common.store.stage_files import PAUSE_WRITE_ENV, RESUME_FILE, WEIGHTS_FILE, load_resume_state, load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}

@@ -10,8 +10,12 @@ from pathlib import Path
 import torch
 
 import part2d_residual_NFM_streaming as part2d
-from common.activations import NORM_STATS_FILE, NormStats
-from common.checkpoint import (
+from common.data.activations import NORM_STATS_FILE, NormStats
+from common.models.joint import JointSAENFM
+from common.models.loading import load_joint, load_nfm, load_sae
+from common.models.nfm import NFM
+from common.models.sae import TopKSAE
+from common.store.stage_files import (
     CONFIG_FILE,
     FORMAT_VERSION,
     METRICS_FILE,
@@ -22,10 +26,6 @@ from common.checkpoint import (
     load_weights,
     read_stage,
 )
-from common.joint import JointSAENFM
-from common.loading import load_joint, load_nfm, load_sae
-from common.nfm import NFM
-from common.sae import TopKSAE
 
 FORMAT1 = Path(__file__).parent / "data" / "format1"
 

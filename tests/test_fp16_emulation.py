@@ -7,10 +7,10 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from common.config import TrainConfig
-from common.fp16_emulation import Fp16GemmEmulation
-from common.sae import TopKSAE
-from common.train import Trainer
+from common.config.stages import TrainConfig
+from common.models.sae import TopKSAE
+from common.runtime.fp16_emulation import Fp16GemmEmulation
+from common.training.trainer import Trainer
 
 FP16_ULP = 2.0**-10  # fp16's relative spacing: one unit in the last place at 1.0
 
@@ -53,8 +53,8 @@ def _trained_sae(emulate: bool, monkeypatch, tmp_path) -> TopKSAE:
     """One faithful-fp16 Trainer step (sparse decode, fp16 Adam state) on a fixed batch: later steps would let a
     rounding flip one top-k choice and diverge, which says nothing about the arithmetic."""
     if not emulate:
-        monkeypatch.setattr("common.train.fp16_products", lambda *_: contextlib.nullcontext())
-        monkeypatch.setattr("common.device.fp16_products", lambda *_: contextlib.nullcontext())
+        monkeypatch.setattr("common.training.trainer.fp16_products", lambda *_: contextlib.nullcontext())
+        monkeypatch.setattr("common.runtime.regimes.fp16_products", lambda *_: contextlib.nullcontext())
     torch.manual_seed(2)
     sae = TopKSAE(32, 256, 8)
     x = torch.randn(128, 32)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.geometry import gram_offdiag_stats, pca_exact, pca_original, squared_norms, valid_features
+from common.analysis.geometry import gram_offdiag_stats, pca_exact, pca_original, squared_norms, valid_features
 
 
 def _offdiag_reference(matrix: np.ndarray) -> dict:

@@ -1,12 +1,12 @@
-"""common/hooks.py: early-exit capture, running from a layer and patching all agree with the full forward."""
+"""common/lm/hooks.py: early-exit capture, running from a layer and patching all agree with the full forward."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from common.errors import UserError
-from common.hooks import capture_layer, capture_layer_and_logits, check_layer, patch_layer, run_from_layer
-from common.lm import TINY_MODEL, LoadedLM, load_lm
+from common.lm.hooks import capture_layer, capture_layer_and_logits, check_layer, patch_layer, run_from_layer
+from common.lm.loading import TINY_MODEL, LoadedLM, load_lm
 
 
 def random_ids(lm: LoadedLM, batch: int = 3, length: int = 40, seed: int = 0) -> torch.Tensor:

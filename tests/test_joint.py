@@ -10,7 +10,18 @@ import torch
 from safetensors.torch import load_file
 
 import part15_joint_SAENFM as part15
-from common.checkpoint import (
+from common.models.joint import (
+    JointSAENFM,
+    joint_reference,
+    paper_parameter_counts,
+    unique_parameter_counts,
+    with_shares,
+)
+from common.models.loading import load_joint, load_sae
+from common.models.sae import dense_codes, sae_reference
+from common.runtime.regimes import autocast
+from common.stages.cli import run_cli
+from common.store.stage_files import (
     CONFIG_FILE,
     METRICS_FILE,
     RESUME_FILE,
@@ -19,17 +30,6 @@ from common.checkpoint import (
     load_json,
     load_resume_state,
 )
-from common.cli import run_cli
-from common.device import autocast
-from common.joint import (
-    JointSAENFM,
-    joint_reference,
-    paper_parameter_counts,
-    unique_parameter_counts,
-    with_shares,
-)
-from common.loading import load_joint, load_sae
-from common.sae import dense_codes, sae_reference
 
 D_MODEL, NUM_FEATURES, K, EMBED_DIM, TOP_N, BATCH = 16, 200, 12, 8, 6, 10
 PAPER_SHAPES = dict(d_model=3_200, num_features=50_000, k=1_024, embed_dim=300, top_n=512)

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file, save_file
 
-import common.kl_stage
+import common.stages.kl
 import part14_kl_tests
 import part18_joint_kl
 from common.errors import UserError
-from common.kl_conditions import JOINT_CONDITIONS, SEQUENTIAL_CONDITIONS
-from common.kl_report import PER_POSITION_FILE
-from common.patching import PatchingEvaluator
+from common.kl.conditions import JOINT_CONDITIONS, SEQUENTIAL_CONDITIONS
+from common.kl.evaluator import PatchingEvaluator
+from common.kl.summary import PER_POSITION_FILE
 
 SMALL = ["--preset", "tiny", "--num_wiki_samples", "8", "--batch_size", "4"]
 WINDOW_POSITIONS = 127  # positions 0..T-2 of a 128-token window
@@ -90,7 +90,7 @@ def test_resume_gives_the_same_results(kl14_dir: Path, tiny_stage1_dir: Path, ti
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(common.kl_stage, "merge_parts", interrupt)
+        patch.setattr(common.stages.kl, "merge_parts", interrupt)
         with pytest.raises(KeyboardInterrupt):
             run14(tiny_stage1_dir, tiny_nfm_dir, out)
     parts = sorted((out / "parts").glob("batch_*.npz"))

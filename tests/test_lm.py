@@ -1,4 +1,4 @@
-"""common/lm.py: the tiny model is reproducible, tokenizers agree with sentencepiece, SmolLM2 is a sane LM, errors are
+"""common/lm/loading.py: the tiny model is reproducible, tokenizers agree with sentencepiece, SmolLM2 is a sane LM, errors are
 one line."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 import transformers
 
 from common.errors import UserError
-from common.lm import PAPER_MODEL, SMOLLM2_GGUF, SMOLLM2_ID, TINY_MODEL, LoadedLM, load_lm, tiny_tokenizer_model
+from common.lm.loading import PAPER_MODEL, SMOLLM2_GGUF, SMOLLM2_ID, TINY_MODEL, LoadedLM, load_lm, tiny_tokenizer_model
 from common.paths import WIKITEXT_FILES, shared_wikitext_dir
 
 CPU = torch.device("cpu")

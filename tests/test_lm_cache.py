@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from common.lm import SMOLLM2_GGUF, LoadedLM, _keep_dequantized, load_lm
+from common.lm.loading import SMOLLM2_GGUF, LoadedLM, _keep_dequantized, load_lm
 
 
 def test_a_stage_whose_windows_are_all_cached_never_loads_the_weights(tmp_path: Path, monkeypatch) -> None:

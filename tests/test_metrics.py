@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from common.metrics import ReconstructionMetrics
+from common.training.metrics import ReconstructionMetrics
 
 
 def test_whole_set_metrics_match_a_direct_computation():

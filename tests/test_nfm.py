@@ -6,8 +6,8 @@ import itertools
 import pytest
 import torch
 
-from common.codes import scatter_codes, select_top_n
-from common.nfm import DECODES, NFM, NFMOutput, nfm_reference
+from common.models.codes import scatter_codes, select_top_n
+from common.models.nfm import DECODES, NFM, NFMOutput, nfm_reference
 
 NUM_FEATURES, D_MODEL, EMBED_DIM, BATCH, TOP_N = 200, 16, 8, 6, 10
 

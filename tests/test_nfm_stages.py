@@ -11,8 +11,15 @@ import torch
 
 import part2d_residual_NFM_streaming as part2d
 import part10_sae_decomp_of_NFM as part10
-from common.activations import NormStats
-from common.checkpoint import (
+from common.config.stages import build_config
+from common.data.activations import NormStats
+from common.models.codes import scatter_codes
+from common.models.loading import load_nfm, load_sae
+from common.models.nfm import NFM, nfm_reference
+from common.models.sae import TopKSAE, sae_reference
+from common.stages.cli import run_cli
+from common.stages.opening import open_stream
+from common.store.stage_files import (
     CONFIG_FILE,
     METRICS_FILE,
     WEIGHTS_FILE,
@@ -21,14 +28,7 @@ from common.checkpoint import (
     load_weights,
     weights_sha256,
 )
-from common.cli import run_cli
-from common.codes import scatter_codes
-from common.config import build_config
-from common.loading import load_nfm, load_sae
-from common.nfm import NFM, nfm_reference
-from common.nfm_objective import evaluate_nfm, sae_codes
-from common.sae import TopKSAE, sae_reference
-from common.stage import open_stream
+from common.training.nfm_objective import evaluate_nfm, sae_codes
 
 
 def run_stage(main, argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:

@@ -1,4 +1,4 @@
-"""common/patching.py, kl_conditions.py and kl_report.py: the KL/CE math, the shared prefix against whole forwards,
+"""common/kl/evaluator.py, kl_conditions.py and kl_report.py: the KL/CE math, the shared prefix against whole forwards,
 the ε-random norms, the original's evaluation inputs, and the figures of results.json against a hand computation."""
 from __future__ import annotations
 
@@ -7,12 +7,8 @@ import pytest
 import torch
 from scipy import stats
 
-from common.activations import NormStats
-from common.checkpoint import atomic_save_npz
-from common.codes import scatter_codes, select_top_n
-from common.hooks import capture_layer, patch_layer
-from common.joint import JointSAENFM
-from common.kl_conditions import (
+from common.data.activations import NormStats
+from common.kl.conditions import (
     JOINT_CONDITIONS,
     SEQUENTIAL_CONDITIONS,
     joint_conditions,
@@ -20,11 +16,15 @@ from common.kl_conditions import (
     sequential_conditions,
     trained_settings,
 )
-from common.kl_report import merge_parts, summarize
-from common.lm import LoadedLM
-from common.nfm import NFM, nfm_reference
-from common.patching import EPS_RANDOM, PatchingEvaluator, epsilon_perturb, next_token_metrics, random_unit_vectors
-from common.sae import TopKSAE, sae_reference
+from common.kl.evaluator import EPS_RANDOM, PatchingEvaluator, epsilon_perturb, next_token_metrics, random_unit_vectors
+from common.kl.summary import merge_parts, summarize
+from common.lm.hooks import capture_layer, patch_layer
+from common.lm.loading import LoadedLM
+from common.models.codes import scatter_codes, select_top_n
+from common.models.joint import JointSAENFM
+from common.models.nfm import NFM, nfm_reference
+from common.models.sae import TopKSAE, sae_reference
+from common.store.stage_files import atomic_save_npz
 
 LAYER = 2
 

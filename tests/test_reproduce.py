@@ -1,6 +1,6 @@
 """The whole tiny chain through reproduce.py: every report row has a value equal to its stage's output, a second run
 skips every finished stage, and a failing stage stops the run with earlier outputs intact. Every row's file, key and
-"holds" verdict are also held to a table written by hand below, independently of common/report.py."""
+"holds" verdict are also held to a table written by hand below, independently of common/reporting/report.py."""
 import json
 import math
 import subprocess
@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from common.report import lookup
+from common.reporting.report import lookup
 from reproduce import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +92,7 @@ def test_regression_pin_tiny_report_numbers(tiny_run):
 # ---- every row against a table written by hand ----------------------------------------------------------------------
 # The row test above reads each row's own `source` with the report's own `lookup`, and nothing checked "holds": a row
 # pointed at the wrong key, or a rule turned round, passed. Here each row's stage file, key path and verdict are
-# written out again without common/report.py, so such a row fails. A new report row fails until it is added here.
+# written out again without common/reporting/report.py, so such a row fails. A new report row fails until it is added here.
 
 ALPHA = 0.01  # "p < 0.01" in the rules
 STAGE_OUTPUTS = ("sae1/metrics.json", "nfm/metrics.json", "sae2/metrics.json", "joint/metrics.json",
@@ -469,7 +469,7 @@ def test_a_moved_run_folder_continues_without_rerunning(tiny_run, tmp_path, capl
     import shutil
 
     import reproduce
-    from common.launch import SUBPROCESS_ENV
+    from common.stages.launch import SUBPROCESS_ENV
 
     moved = tmp_path / "moved"
     shutil.copytree(tiny_run, moved, symlinks=True)
@@ -487,8 +487,8 @@ def test_a_failed_report_or_figure_write_keeps_the_previous_file(tmp_path, monke
 
     import numpy as np
 
-    from common.checkpoint import atomic_save_text
     from common.plots import plot_histogram_panels
+    from common.store.stage_files import atomic_save_text
 
     report = tmp_path / "REPORT.md"
     report.write_text("the previous report\n", encoding="utf-8")

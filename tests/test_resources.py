@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from common.resources import keep_freed_memory, peak_rss_bytes, usage
+from common.runtime.resources import keep_freed_memory, peak_rss_bytes, usage
 
 GLIBC = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
 

@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from common.device import autocast
 from common.errors import UserError
-from common.sae import TopKSAE, sae_reference
+from common.models.sae import TopKSAE, sae_reference
+from common.runtime.regimes import autocast
 
 
 @pytest.fixture

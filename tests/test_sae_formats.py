@@ -16,13 +16,13 @@ import part2d_residual_NFM_streaming
 import part14_kl_tests
 import part15_joint_SAENFM
 import part16_orthogonality
-from common.activations import NormStats
-from common.codes import scatter_codes
+from common.data.activations import NormStats
 from common.errors import UserError
-from common.lm import TINY_MODEL
-from common.loading import load_sae
-from common.sae import TopKSAE
-from common.sae_formats import SIDECAR_FILE
+from common.lm.loading import TINY_MODEL
+from common.models.codes import scatter_codes
+from common.models.formats import SIDECAR_FILE
+from common.models.loading import load_sae
+from common.models.sae import TopKSAE
 
 D, F, K = 64, 1000, 20  # the tiny preset's shapes
 

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from common.errors import UserError
-from common.stimuli import (
+from common.behavior.stimuli import (
     CELLS,
     MIN_WORDS_PER_CELL,
     SETS,
@@ -21,6 +20,7 @@ from common.stimuli import (
     single_token_words,
     words_per_cell,
 )
+from common.errors import UserError
 
 DESIGN_WORDS = {
     "formal_low": ["perhaps", "may", "however", "therefore", "consequently", "moreover", "accordingly", "furthermore"],

@@ -1,5 +1,5 @@
 """study.py on the tiny preset, end to end on the session's tiny reproduce.py run: every question's table holds the
-numbers its stages wrote (read back here by hand, not through common/report.py), each number names the command that
+numbers its stages wrote (read back here by hand, not through common/reporting/report.py), each number names the command that
 wrote it, a seed changes the numbers and the same seed reproduces them, and the dip test and valley check tell a
 bimodal sample from a unimodal one."""
 from __future__ import annotations
@@ -15,9 +15,9 @@ import torch
 
 import study
 from common.errors import UserError
-from common.report import write_report
+from common.reporting.report import write_report
+from common.reporting.study_report import initial_decoder
 from common.stats import bimodality, dip_test, valley
-from common.study_report import initial_decoder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,7 +112,7 @@ def test_a_seed_changes_the_numbers_and_the_same_seed_reproduces_them(tiny_study
 
 def test_the_initial_decoder_is_re_created_from_the_seed(tiny_run):
     """A feature never selected gets no gradient and keeps its initial row; a wrong seed would match none."""
-    from common.sae import TopKSAE
+    from common.models.sae import TopKSAE
 
     trained = TopKSAE.load(tiny_run / "sae1").W_dec.detach()
     initial = initial_decoder(tiny_run / "sae1")

@@ -2,12 +2,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.batches import ChunkedBatches, RowBatches
-from common.checkpoint import WEIGHTS_FILE, load_weights
-from common.config import TrainConfig
+from common.config.stages import TrainConfig
+from common.data.batches import ChunkedBatches, RowBatches
 from common.errors import UserError
-from common.sae import TopKSAE
-from common.train import Trainer, lr_factor
+from common.models.sae import TopKSAE
+from common.store.stage_files import WEIGHTS_FILE, load_weights
+from common.training.trainer import Trainer, lr_factor
 
 CPU = torch.device("cpu")
 

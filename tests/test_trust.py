@@ -13,8 +13,18 @@ import torch.nn.functional as F
 import part1c_sae_topK_implementation as part1c
 import part2d_residual_NFM_streaming as part2d
 import part14_kl_tests as part14
-from common.activations import NormStats
-from common.checkpoint import (
+from common.config.stages import TrainConfig
+from common.data.activations import NormStats
+from common.errors import UserError
+from common.lm.hooks import capture_layer, patch_layer, run_from_layer
+from common.models.loading import load_sae
+from common.models.nfm import NFM
+from common.models.sae import TopKSAE
+from common.paths import shared_wikitext_dir
+from common.stages.cli import run_cli
+from common.stages.opening import open_stream
+from common.store.lock import LOCK_FILE, OutputDir
+from common.store.stage_files import (
     CONFIG_FILE,
     RESUME_FILE,
     WEIGHTS_FILE,
@@ -23,17 +33,7 @@ from common.checkpoint import (
     load_weights,
     upgrade_config,
 )
-from common.cli import run_cli
-from common.config import TrainConfig
-from common.errors import UserError
-from common.hooks import capture_layer, patch_layer, run_from_layer
-from common.loading import load_sae
-from common.nfm import NFM
-from common.outputs import LOCK_FILE, OutputDir
-from common.paths import shared_wikitext_dir
-from common.sae import TopKSAE
-from common.stage import open_stream
-from common.train import Trainer
+from common.training.trainer import Trainer
 
 CPU = torch.device("cpu")
 TINY = ["--preset", "tiny"]
@@ -227,7 +227,7 @@ class _ScriptedRun:
         self.best_step, self.snapshots = best_step, {}
         cfg = TrainConfig(train_steps=steps, stop_at_step=stop_at, val_every=10, checkpoint_every=10, log_every=5,
                           lr=1e-3)  # small enough to keep the ReLUs alive, so dropout matters to the end
-        from common.batches import RowBatches
+        from common.data.batches import RowBatches
 
         batches = RowBatches((acts, indices, target), 32, seed=3, device=CPU)
         self.trainer = Trainer(self.model, cfg, out, CPU, "fp32", self.loss, batches, self.validate, seed=5)

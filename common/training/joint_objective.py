@@ -1,0 +1,153 @@
+"""The joint model's loss and its evaluation (METHOD §5): the stage-5 script trains on these and benchmarks time
+them."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from common.config.stages import EVAL_BATCH_ROWS
+from common.data.activations import NormStats
+from common.models.joint import JointSAENFM, paper_parameter_counts, unique_parameter_counts, with_shares
+from common.models.sae import TopKSAE
+from common.runtime.regimes import autocast, param_dtype
+from common.stages.opening import Runtime
+from common.training.metrics import ReconstructionMetrics
+from common.training.sae_objective import evaluate_sae
+
+
+def joint_loss(joint: JointSAENFM, x: Tensor, decode: str) -> tuple[Tensor, dict[str, Tensor]]:
+    """MSE of the joint reconstruction against the normalized input, the only training signal (no other term).
+
+    The SAE path's own error is logged beside it, so the curves show what the NFM adds.
+    """
+    out = joint(x.to(joint.sae.W_dec.dtype), decode=decode)
+    loss = F.mse_loss(out.recon.float(), x)
+    return loss, {"sae_part_mse": F.mse_loss(out.sae_recon.detach().float(), x)}
+
+
+def evaluate_joint(joint: JointSAENFM, rows: Tensor, norm: NormStats, decode: str, batch_size: int,
+                   dead_threshold: float = 1e-6) -> dict[str, float]:
+    """Whole-set figures on raw LM rows (n, d), in normalized units. The caller sets eval mode and any autocast.
+
+    ``joint_*`` is the full reconstruction, ``sae_part_*`` the joint model's own SAE path alone (the paper's 0.275),
+    ``sae_plus_linear_mse`` / ``sae_plus_interaction_mse`` leave one NFM path out. ``mean_abs_*`` are each path's
+    mean |output| over every row and dimension, the shares over the linear + interaction sum (the paper's
+    94.0% / 6.0%). Sums run in float64.
+    """
+    device = joint.sae.W_dec.device
+    norm = norm.to(device)
+    joint_metrics, sae_metrics = ReconstructionMetrics(), ReconstructionMetrics(joint.sae.num_features, dead_threshold)
+    # SAE+linear, SAE+interaction errors; |sae|, |lin|, |int|
+    totals = torch.zeros(5, dtype=torch.float64, device=device)
+    with torch.no_grad():
+        for start in range(0, rows.shape[0], batch_size):
+            x = norm.normalize(rows[start : start + batch_size].to(device))
+            out = joint(x.to(joint.sae.W_dec.dtype), decode=decode)
+            sae_recon, linear, interaction = out.sae_recon.float(), out.linear.float(), out.interaction.float()
+            joint_metrics.update(x, out.recon.float())
+            sae_metrics.update(x, sae_recon, out.top_acts, out.top_indices)
+            totals += torch.stack([
+                (x - sae_recon - linear).double().square().sum(),
+                (x - sae_recon - interaction).double().square().sum(),
+                sae_recon.double().abs().sum(),
+                linear.double().abs().sum(),
+                interaction.double().abs().sum(),
+            ])
+    whole, sae_part = joint_metrics.compute(), sae_metrics.compute()
+    sae_plus_linear, sae_plus_interaction, mean_abs_sae, mean_abs_linear, mean_abs_interaction = (
+        totals / (rows.shape[0] * rows.shape[1])
+    ).tolist()
+    return {
+        "loss": whole["mse"],
+        "joint_mse": whole["mse"],
+        "sae_part_mse": sae_part["mse"],
+        "improvement": 1.0 - whole["mse"] / sae_part["mse"],
+        "joint_variance_explained": whole["variance_explained"],
+        "sae_part_variance_explained": sae_part["variance_explained"],
+        "joint_fvu": whole["fvu"],
+        "sae_part_fvu": sae_part["fvu"],
+        "sae_plus_linear_mse": sae_plus_linear,
+        "sae_plus_interaction_mse": sae_plus_interaction,
+        "linear_contribution": 1.0 - sae_plus_linear / sae_part["mse"],
+        "interaction_contribution": 1.0 - whole["mse"] / sae_plus_linear,
+        "mean_abs_sae": mean_abs_sae,
+        "mean_abs_linear": mean_abs_linear,
+        "mean_abs_interaction": mean_abs_interaction,
+        "linear_share": mean_abs_linear / (mean_abs_linear + mean_abs_interaction),
+        "interaction_share": mean_abs_interaction / (mean_abs_linear + mean_abs_interaction),
+        "l0": sae_part.get("l0", 0.0),
+        "dead_fraction": sae_part["dead_fraction"],
+        "rows": whole["rows"],
+    }
+
+
+def joint_stage_metrics(best: JointSAENFM, val_rows: Tensor, paper_rows: Tensor, norm: NormStats, rt: Runtime,
+                        dead_threshold: float, standalone: TopKSAE | None = None) -> dict[str, Any]:
+    """The final figures of stage 5's metrics.json, each comparison named (METHOD §5): on held-out rows against the
+    joint model's own SAE path and (given ``standalone``) the stage-1 SAE; the paper's recipe on its training rows;
+    the parameter counts both ways."""
+    with autocast(rt.precision, rt.device):
+        val = evaluate_joint(best, val_rows, norm, rt.decode, EVAL_BATCH_ROWS, dead_threshold)
+        on_paper_rows = evaluate_joint(best, paper_rows, norm, rt.decode, EVAL_BATCH_ROWS, dead_threshold)
+    metrics = {key: val[key] for key in val if key not in ("loss", "rows")}
+    metrics["evaluated_on"] = f"{val['rows']} rows of held-out windows (normalized units)"
+    if standalone is not None:
+        standalone = standalone.to(rt.device, param_dtype(rt.precision)).eval()
+        with autocast(rt.precision, rt.device):
+            figures = evaluate_sae(standalone, val_rows, norm, rt, EVAL_BATCH_ROWS, dead_threshold)
+        metrics["standalone_sae_mse"] = figures["mse"]
+        metrics["standalone_sae_variance_explained"] = figures["variance_explained"]
+        metrics["improvement_vs_standalone"] = 1.0 - val["joint_mse"] / figures["mse"]
+    metrics["paper_recipe"] = {
+        **{key: on_paper_rows[key] for key in ("joint_mse", "sae_part_mse", "improvement", "linear_share",
+                                               "interaction_share")},
+        "evaluated_on": f"the first {on_paper_rows['rows']} training rows of chunk 1 (training data, as the paper "
+                        "measured)",
+    }
+    sae_shape, nfm_shape = best.sae.shape, best.nfm.shape
+    metrics["parameters"] = {
+        "paper_style": {**with_shares(paper_parameter_counts(sae_shape.d_model, sae_shape.num_features,
+                                                             nfm_shape.embed_dim)),
+                        "recipe": "encoder (F·d + F) and decoder (F·d) counted apart even when tied, as the paper"},
+        "unique_tensors": {**with_shares(unique_parameter_counts(best)),
+                           "recipe": "each parameter tensor once (a tied SAE's F × d matrix is encoder and decoder)"},
+    }
+    return metrics
+
+
+def format_joint_table(metrics: dict[str, Any], cfg: Any) -> str:
+    """Stage 5's figures beside the paper's, each line saying how its figure is computed."""
+    pct = lambda value: f"{100 * value:.1f}%"  # noqa: E731
+    lines = [f"stage 5 joint SAE + NFM (F {cfg.features}, K {cfg.k}, top {cfg.top_n_features}, k {cfg.nfm_embed_dim}; "
+             f"{metrics['precision_regime']}, {metrics['decode_path']} decode; {metrics['steps']} steps)",
+             f"{'held-out rows, normalized units, unless said':<52}{'ours':>20}{'paper':>16}"]
+    rows = [("joint MSE: SAE + NFM linear + NFM interaction", f"{metrics['joint_mse']:.4f}", "0.162"),
+            ("  MSE of its own SAE path alone", f"{metrics['sae_part_mse']:.4f}", "0.275"),
+            ("  improvement = 1 - joint / own SAE path", pct(metrics["improvement"]), "41.3%")]
+    if "sequential_improvement_val" in metrics:
+        rows.append(("  sequential: stage 2's NFM on the SAE residual", pct(metrics["sequential_improvement_val"]),
+                     "23%"))
+    if "standalone_sae_mse" in metrics:
+        rows += [("MSE of the standalone stage-1 SAE", f"{metrics['standalone_sae_mse']:.4f}", "-"),
+                 ("  improvement = 1 - joint / standalone SAE", pct(metrics["improvement_vs_standalone"]), "-")]
+    paper_recipe = metrics["paper_recipe"]
+    rows += [("paper's recipe, first 1,000 training rows: joint", f"{paper_recipe['joint_mse']:.4f}", "0.162"),
+             ("  own SAE path / improvement",
+              f"{paper_recipe['sae_part_mse']:.4f} / {pct(paper_recipe['improvement'])}", "0.275 / 41.3%"),
+             ("mean |output| over rows and dims: linear path",
+              f"{metrics['mean_abs_linear']:.3f} ({pct(metrics['linear_share'])})", "0.347 (94.0%)"),
+             ("  interaction path", f"{metrics['mean_abs_interaction']:.3f} ({pct(metrics['interaction_share'])})",
+              "0.022 (6.0%)"),
+             ("error cut by adding the linear path to the SAE path", pct(metrics["linear_contribution"]), "-"),
+             ("  then by adding the interaction path", pct(metrics["interaction_contribution"]), "-")]
+    paper_style, unique = metrics["parameters"]["paper_style"], metrics["parameters"]["unique_tensors"]
+    shares = paper_style["shares"]
+    rows += [("parameters, encoder and decoder counted apart", f"{paper_style['total']:,}", "496,106,700"),
+             ("  NFM linear layer, share of that count", pct(shares["nfm_linear"]), "32.3%"),
+             ("  embeddings + MLP, share of that count", pct(shares["nfm_embeddings"] + shares["nfm_mlp"]), "3%"),
+             ("parameters, unique tensors (tied weight once)", f"{unique['total']:,}", "336,106,700")]
+    lines += [f"{name:<52}{ours:>20}{paper:>16}" for name, ours, paper in rows]
+    return "\n".join(lines)
