@@ -8,18 +8,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.config.stages import input_paths, parse_config
+from common.config.fields import input_paths
+from common.config.stages import ExportConfig
 from common.errors import UserError
-from common.models.formats import FORMATS, export_sae
+from common.models.formats import export_sae
 from common.models.loading import PROVENANCE_KEYS, load_sae
 from common.stages.cli import run_cli
+from common.stages.opening import stage_config
 from common.store.lock import OutputDir
 
 
 def main(argv: list[str] | None = None) -> Path:
-    cfg = parse_config("export", __doc__, argv)
-    if cfg.format not in FORMATS:
-        raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {cfg.format!r}")
+    cfg = stage_config(ExportConfig, __doc__, argv)
     sae, norm, source = load_sae(cfg.sae1_model_path)
     provenance = {key: source.config.get(key) for key in PROVENANCE_KEYS}
     if provenance["layer"] is None:

@@ -12,15 +12,16 @@ import time
 import torch
 from torch import Tensor
 
-from common.data.activations import NormStats
+from common.config.stages import SAE2Config
+from common.data.activations import NormStats, open_stream
 from common.data.chunks import ChunkPlan
+from common.lm.loading import release
 from common.models.loading import StageInput, check_nfm_on_sae, load_nfm, load_sae
 from common.models.sae import TopKSAE, check_sae_shape
 from common.stages.cli import run_cli
-from common.stages.opening import open_stream, release
+from common.stages.sae_training import SAETrainingStage
 from common.stages.trained import StageData, StageRun
 from common.training.nfm_objective import interaction_vectors
-from common.training.sae_objective import SAETrainingStage
 
 log = logging.getLogger("part10")
 
@@ -30,7 +31,7 @@ LM_NORM_STATS_FILE = "sae1_norm_stats.safetensors"
 
 
 class Stage3(SAETrainingStage):
-    name, description, stage_label = "sae2", __doc__, "stage 3"
+    config_class, description, stage_label = SAE2Config, __doc__, "stage 3"
 
     def load_inputs(self) -> list[StageInput]:
         cfg = self.cfg

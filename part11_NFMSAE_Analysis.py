@@ -14,14 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from common.analysis.decoders import read_results
 from common.behavior.statistics import active_in, screen_interaction, screen_oneway
 from common.behavior.stimuli import CELLS
-from common.config.stages import parse_config
+from common.config.stages import SelectionConfig
 from common.errors import UserError
+from common.models.loading import StageInput
 from common.plots import plot_heatmap, plot_histograms
-from common.stages.behavior import attribution, finish, open_run, ranked, stimulus_set, text_means
+from common.stages.behavior import attribution, finish, open_run, ranked, read_earlier, stimulus_set, text_means
 from common.stages.cli import run_cli
+from common.stages.opening import stage_config
 
 ANALYSIS = "selection"
 RANKINGS = {"interaction": "F", "omnibus": "F"}
@@ -30,15 +31,14 @@ PAPER = ("paper (original sentences, 10 per cell): feature 4022, one-way F = 26.
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    cfg = parse_config("selection", __doc__, argv)
-    if cfg.rank_by not in RANKINGS:
-        raise UserError(f"--rank_by must be interaction or omnibus, got {cfg.rank_by!r}")
-    run = open_run(cfg)
-    discovery = read_results(cfg.discovery_dir, "--discovery_dir", "discovery")
-    mine = {source.flag.lstrip("-"): source.record()["weights_sha256"] for source in run.sources[:2]}
-    for name, sha in mine.items():
-        if discovery["inputs"].get(name, {}).get("weights_sha256") != sha:
-            raise UserError(f"--discovery_dir {cfg.discovery_dir} was made with another {name} than this run's")
+    cfg = stage_config(SelectionConfig, __doc__, argv)
+    earlier: dict[str, Any] = {}
+
+    def read_discovery(sources: list[StageInput]) -> None:  # part9b ran on the stage-1 SAE and the NFM only
+        earlier.update(read_earlier(cfg.discovery_dir, "--discovery_dir", "discovery", sources[:2]))
+
+    run = open_run(cfg, check_more=read_discovery)
+    discovery = earlier
     stimuli = stimulus_set(run, "selection")
     values = text_means(run, stimuli.texts).secondary.double().numpy()  # (texts, F2)
     eligible = active_in(values, cfg.min_active_texts)

@@ -11,15 +11,15 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from common.analysis.decoders import read_results
 from common.behavior.pipeline import Clamp
 from common.behavior.stimuli import load_stimuli
-from common.config.stages import parse_config
+from common.config.stages import MeaningConfig
 from common.data.activations import ActivationStream
 from common.data.text import WindowedText, resolve_text
 from common.errors import UserError
-from common.stages.behavior import finish, greedy, open_run, top_examples
+from common.stages.behavior import finish, greedy, open_run, read_earlier, top_examples
 from common.stages.cli import run_cli
+from common.stages.opening import stage_config
 
 ANALYSIS = "meaning"
 PAPER = ("paper: feature 4022 labelled \"that\" by an LLM reading its examples (the original's clamp never reached "
@@ -40,13 +40,13 @@ def label(examples: list[tuple[float, int, int]], text: WindowedText, counts: An
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    cfg = parse_config("meaning", __doc__, argv)
-    if cfg.interpreter != "none":
-        raise UserError(f"--interpreter {cfg.interpreter!r}: only 'none' (offline labels) is built in")
+    cfg = stage_config(MeaningConfig, __doc__, argv)
     if min(cfg.examples, cfg.chunk_tokens, cfg.num_windows, cfg.batch_size) < 1:
         raise UserError("--examples, --chunk_tokens, --num_windows and --batch_size must be at least 1")
-    run = open_run(cfg)
-    selection = read_results(cfg.selection_dir, "--selection_dir", "selection")
+    earlier: dict[str, Any] = {}
+    run = open_run(cfg, check_more=lambda sources: earlier.update(
+        read_earlier(cfg.selection_dir, "--selection_dir", "selection", sources)))
+    selection = earlier
     features = [selection["target"], *selection["exploratory"]]
     if max(features) >= run.pipeline.secondary.num_features:
         raise UserError(f"--selection_dir {cfg.selection_dir} names feature {max(features)}, outside this secondary "

@@ -17,15 +17,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.analysis.decoders import read_results
 from common.behavior.logit_test import WordGrid, active_features, deltas, summarize, value_key
-from common.behavior.pipeline import CLAMP_MODES, PATCHES, PATHWAYS
 from common.behavior.stimuli import CELLS, load_stimuli, single_token_words
-from common.config.stages import parse_config
+from common.config.stages import ClampConfig
 from common.errors import UserError
 from common.plots import plot_grouped_bars, plot_histograms, plot_interaction_lines, plot_points_by_group
-from common.stages.behavior import finish, open_run
+from common.stages.behavior import finish, open_run, read_earlier
 from common.stages.cli import run_cli
+from common.stages.opening import stage_config
 
 ANALYSIS = "clamp"
 PRIMARY_VALUE = -4.0
@@ -36,24 +35,19 @@ PAPER = ("paper: feature 4022 at m = -4, the original statistic F = 5.06, p = 0.
 
 
 def check(cfg: Any) -> None:
-    if cfg.pathway not in PATHWAYS or (cfg.patch and cfg.patch not in PATCHES) or cfg.clamp_mode not in CLAMP_MODES:
-        raise UserError(f"--pathway must be one of {PATHWAYS}, --patch one of {PATCHES}, --clamp_mode one of "
-                        f"{CLAMP_MODES}")
     if cfg.pathway != "none" and all(value == 1.0 for value in cfg.multipliers) and cfg.clamp_mode == "multiply":
         raise UserError("--multipliers needs a value other than 1: a multiplier of 1 changes nothing")
-    if cfg.null_features < 0 or cfg.permutations < 1 or cfg.word_list not in ("design", "tiny"):
-        raise UserError("--null_features must be >= 0, --permutations >= 1, --word_list design or tiny")
+    if cfg.null_features < 0 or cfg.permutations < 1:
+        raise UserError("--null_features must be >= 0, --permutations >= 1")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    cfg = parse_config("clamp", __doc__, argv)
+    cfg = stage_config(ClampConfig, __doc__, argv)
     check(cfg)
-    run = open_run(cfg, lm_dtype=torch.float32 if cfg.lm_fp32 else None)
-    selection = read_results(cfg.selection_dir, "--selection_dir", "selection")
-    for source in run.sources:
-        recorded = selection["inputs"].get(source.flag.lstrip("-"), {}).get("weights_sha256")
-        if recorded != source.record()["weights_sha256"]:
-            raise UserError(f"--selection_dir {cfg.selection_dir} was made with another {source.what}")
+    earlier: dict[str, Any] = {}
+    run = open_run(cfg, lm_dtype=torch.float32 if cfg.lm_fp32 else None, check_more=lambda sources: earlier.update(
+        read_earlier(cfg.selection_dir, "--selection_dir", "selection", sources)))
+    selection = earlier
     stimuli = load_stimuli(cfg.stimuli)
     kept, dropped = single_token_words(stimuli.words if cfg.word_list == "design" else stimuli.tiny_words,
                                        run.lm.tokenizer)

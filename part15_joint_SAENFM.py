@@ -10,17 +10,17 @@ from pathlib import Path
 
 import torch
 
-from common.config.stages import EVAL_BATCH_ROWS
-from common.data.activations import NORM_STATS_FILE, NormStats
+from common.config.stages import JointConfig
+from common.data.activations import NORM_STATS_FILE, NormStats, open_stream
 from common.data.chunks import ChunkPlan, StreamedChunks, check_streaming_settings
 from common.errors import UserError
 from common.models.joint import JointSAENFM
 from common.models.loading import StageInput, load_sae, open_input
 from common.models.sae import check_sae_shape
 from common.stages.cli import run_cli
-from common.stages.opening import open_stream
 from common.stages.trained import StageData, StageRun, TrainedStage
 from common.training.joint_objective import evaluate_joint, format_joint_table, joint_loss, joint_stage_metrics
+from common.training.metrics import EVAL_BATCH_ROWS
 
 PAPER_EVAL_ROWS = 1_000  # the paper's figures came from the first 1,000 training tokens of the first chunk
 VALIDATION_KEYS = ("loss", "sae_part_mse", "improvement", "linear_share")  # per-validation history (the curves)
@@ -30,7 +30,7 @@ WEIGHT_PARTS = {"sae": "sae.", "nfm_linear": ["nfm.linear_weight", "nfm.linear_b
 
 
 class Stage5(TrainedStage):
-    name, description = "joint", __doc__
+    config_class, description = JointConfig, __doc__
 
     def check(self) -> None:
         cfg = self.cfg

@@ -13,18 +13,20 @@ from typing import Any
 from common.analysis.decoders import load_decoder, run_record
 from common.analysis.geometry import squared_norms
 from common.analysis.orthogonality import ANALYSIS, MIN_FEATURES, analyse, format_table, plot
-from common.config.stages import input_paths, parse_config
+from common.config.fields import input_paths
+from common.config.stages import OrthoConfig
 from common.errors import UserError
 from common.runtime.regimes import resolve_device
 from common.stages.cli import run_cli
+from common.stages.finish import write_results
+from common.stages.opening import stage_config
 from common.store.lock import OutputDir
-from common.store.stage_files import write_results
 
 log = logging.getLogger("part16")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    cfg = parse_config("ortho", __doc__, argv)
+    cfg = stage_config(OrthoConfig, __doc__, argv)
     if cfg.threshold < 0:
         raise UserError(f"--threshold {cfg.threshold} must be >= 0")
     if cfg.pca_components < 1:

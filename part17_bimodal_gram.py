@@ -23,16 +23,18 @@ from common.analysis.bimodal import (
     plot,
 )
 from common.analysis.decoders import initial_norm_band, read_results, run_record, source_record
-from common.config.stages import input_paths, parse_config
+from common.config.fields import input_paths
+from common.config.stages import BimodalConfig
 from common.errors import UserError
 from common.models.loading import load_joint
 from common.stages.cli import run_cli
+from common.stages.finish import write_results
+from common.stages.opening import stage_config
 from common.store.lock import OutputDir
-from common.store.stage_files import write_results
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    cfg = parse_config("bimodal", __doc__, argv)
+    cfg = stage_config(BimodalConfig, __doc__, argv)
     if cfg.threshold < 0:
         raise UserError(f"--threshold {cfg.threshold} must be >= 0")
     if not cfg.orthogonality_dir:

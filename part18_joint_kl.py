@@ -6,11 +6,13 @@
 """
 from __future__ import annotations
 
-from common.config.stages import parse_config
-from common.kl.conditions import JOINT_CONDITIONS, joint_conditions, original_settings, trained_settings
+from common.config.stages import KL18Config
+from common.kl.conditions import JOINT_CONDITIONS, joint_conditions
 from common.models.loading import load_joint
+from common.models.settings import original_settings, trained_settings
 from common.stages.cli import run_cli
 from common.stages.kl import KLStage, check_kl_settings, run_kl_stage
+from common.stages.opening import stage_config
 
 PAPER = ("paper (original evaluation): joint KL reduction 51.6% (headline); "
          "components linear 50.9% / interaction 8.6% / "
@@ -18,28 +20,31 @@ PAPER = ("paper (original evaluation): joint KL reduction 51.6% (headline); "
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_config("kl18", __doc__, argv)
-    joint, norm, source = load_joint(cfg.joint_model_path)
-    check_kl_settings(cfg, source.config["layer"], "--joint_model_path")
-    if cfg.original_eval:
-        settings = original_settings(joint.sae.k, pooling="bi")
-    else:
-        settings = trained_settings(joint.sae.k, joint.top_n)
+    cfg = stage_config(KL18Config, __doc__, argv)
 
-    kl = KLStage(
-        stage="kl18",
-        inputs=[source],
-        modules=[joint],
-        norm=norm,
-        conditions=lambda norm_on_device, decode: joint_conditions(joint, norm_on_device, settings, decode),
-        labels=JOINT_CONDITIONS,
-        reference="joint_sae",
-        settings=settings,
-        title="part18 joint SAE + NFM",
-        paper=PAPER,
-        extra={"joint_model_path": str(cfg.joint_model_path)},
-    )
-    return run_kl_stage(cfg, kl)
+    def read_inputs() -> KLStage:
+        joint, norm, source = load_joint(cfg.joint_model_path)
+        check_kl_settings(cfg, source.config["layer"], "--joint_model_path")
+        if cfg.original_eval:
+            settings = original_settings(joint.sae.k, pooling="bi")
+        else:
+            settings = trained_settings(joint.sae.k, joint.top_n)
+
+        return KLStage(
+            stage="kl18",
+            sources=[source],
+            modules=[joint],
+            norm=norm,
+            conditions=lambda norm_on_device, decode: joint_conditions(joint, norm_on_device, settings, decode),
+            labels=JOINT_CONDITIONS,
+            reference="joint_sae",
+            settings=settings,
+            title="part18 joint SAE + NFM",
+            paper=PAPER,
+            extra={"joint_model_path": str(cfg.joint_model_path)},
+        )
+
+    return run_kl_stage(cfg, read_inputs)
 
 
 if __name__ == "__main__":

@@ -8,19 +8,20 @@ from __future__ import annotations
 import logging
 import time
 
-from common.data.activations import NormStats
+from common.config.stages import SAE1Config
+from common.data.activations import NormStats, open_stream
 from common.errors import UserError
+from common.lm.loading import release
 from common.models.sae import TopKSAE, check_sae_shape
 from common.stages.cli import run_cli
-from common.stages.opening import open_stream, release
+from common.stages.sae_training import SAETrainingStage
 from common.stages.trained import StageData, StageRun
-from common.training.sae_objective import SAETrainingStage
 
 log = logging.getLogger("part1c")
 
 
 class Stage1(SAETrainingStage):
-    name, description, stage_label = "sae1", __doc__, "stage 1"
+    config_class, description, stage_label = SAE1Config, __doc__, "stage 1"
 
     def check(self) -> None:
         if not 1 <= self.cfg.k <= self.cfg.features:

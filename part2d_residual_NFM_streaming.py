@@ -12,15 +12,16 @@ from pathlib import Path
 
 import torch
 
-from common.config.stages import EVAL_BATCH_ROWS
+from common.config.stages import NFMConfig
+from common.data.activations import open_stream
 from common.data.chunks import ChunkPlan, StreamedChunks, check_streaming_settings
 from common.errors import UserError
 from common.models.loading import StageInput, load_sae
 from common.models.nfm import NFM
 from common.runtime.regimes import autocast
 from common.stages.cli import run_cli
-from common.stages.opening import open_stream
 from common.stages.trained import StageData, StageRun, TrainedStage
+from common.training.metrics import EVAL_BATCH_ROWS
 from common.training.nfm_objective import SAECodes, concat, evaluate_nfm, nfm_loss, sae_codes, subset
 
 ERRORS = ("residual_mse_before", "residual_mse_after", "error_reduction")
@@ -28,7 +29,7 @@ COMPONENTS = ("mean_abs_linear", "mean_abs_interaction", "linear_share", "intera
 
 
 class Stage2(TrainedStage):
-    name, description = "nfm", __doc__
+    config_class, description = NFMConfig, __doc__
 
     def load_inputs(self) -> list[StageInput]:
         cfg = self.cfg

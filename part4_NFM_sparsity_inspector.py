@@ -15,13 +15,15 @@ import numpy as np
 
 from common.analysis.decoders import run_record
 from common.behavior.statistics import row_statistics, untrained_gini_reference
-from common.config.stages import input_paths, parse_config
+from common.config.fields import input_paths
+from common.config.stages import SparsityConfig
 from common.errors import UserError
 from common.models.loading import load_nfm
 from common.plots import plot_histograms
 from common.stages.cli import run_cli
+from common.stages.finish import write_results
+from common.stages.opening import stage_config
 from common.store.lock import OutputDir
-from common.store.stage_files import write_results
 
 ANALYSIS = "sparsity"
 # The NFM's init (METHOD §2): embeddings N(0, 0.05), the linear weight N(0, 0.01).
@@ -63,7 +65,7 @@ def inspect(rows: np.ndarray, name: str, top_n: int, seed: int) -> tuple[dict[st
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    cfg = parse_config("sparsity", __doc__, argv)
+    cfg = stage_config(SparsityConfig, __doc__, argv)
     if cfg.top_n < 1:
         raise UserError(f"--top_n must be at least 1, got {cfg.top_n}")
     out = OutputDir(cfg.output_dir, overwrite=cfg.overwrite, inputs=input_paths(cfg))

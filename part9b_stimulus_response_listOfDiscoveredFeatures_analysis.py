@@ -15,11 +15,12 @@ from typing import Any
 import numpy as np
 
 from common.behavior.statistics import active_in, screen_t
-from common.config.stages import parse_config
+from common.config.stages import DiscoveryConfig
 from common.errors import UserError
 from common.plots import plot_grouped_bars
 from common.stages.behavior import finish, open_run, ranked, stimulus_set, text_means
 from common.stages.cli import run_cli
+from common.stages.opening import stage_config
 
 ANALYSIS = "discovery"
 FACTORS = {"formality": ("formal", "casual"), "emotion": ("high", "low")}
@@ -27,7 +28,7 @@ PAPER = "paper (OpenLLaMA-3B, original sentences): 21781 for formality, 21607 fo
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    cfg = parse_config("discovery", __doc__, argv)
+    cfg = stage_config(DiscoveryConfig, __doc__, argv)
     if cfg.top_n < 1 or cfg.min_active_texts < 1:
         raise UserError("--top_n and --min_active_texts must be at least 1")
     run = open_run(cfg, secondary=False)

@@ -15,7 +15,7 @@ import logging
 import time
 from pathlib import Path
 
-from common.config.stages import PRESETS
+from common.config.presets import PRESETS
 from common.errors import UserError
 from common.reporting.report import write_report
 from common.stages.cli import ERROR_FILE_ENV, run_cli

@@ -19,7 +19,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from common.config.stages import PRESETS
+from common.config.presets import PRESETS
 from common.reporting.study_plan import (
     QUESTIONS,
     SEED_STAGES,
@@ -37,8 +37,8 @@ from common.reporting.study_report import write_study
 from common.stages.cli import run_cli
 from common.stages.launch import preload
 from common.stages.pipeline import BY_NAME, Stage
+from common.store.fingerprints import git_commit
 from common.store.lock import OutputDir
-from common.store.stage_files import git_commit
 from reproduce import run_stage, stage_argv
 
 log = logging.getLogger("study")

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmarks.bench_nfm import DenseNFM
-from common.config.stages import TrainConfig
+from common.config.concepts import TrainConfig
 from common.models.codes import scatter_codes, select_top_n
 from common.models.joint import JointSAENFM
 from common.runtime.regimes import resolve_decode, resolve_device, resolve_precision

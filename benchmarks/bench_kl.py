@@ -23,13 +23,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from common.data.activations import NormStats  # noqa: E402
-from common.data.text import WindowedText, resolve_text  # noqa: E402
-from common.kl.conditions import sequential_conditions, trained_settings  # noqa: E402
+from common.data.text import WindowedText, resolve_text
+from common.kl.conditions import sequential_conditions
 from common.kl.evaluator import PatchingEvaluator  # noqa: E402
 from common.lm.hooks import capture_layer  # noqa: E402
 from common.lm.loading import SMOLLM2_GGUF, load_lm  # noqa: E402
 from common.models.nfm import NFM  # noqa: E402
 from common.models.sae import TopKSAE  # noqa: E402
+from common.models.settings import trained_settings
 from common.runtime.regimes import resolve_decode, resolve_device  # noqa: E402
 
 ORIGINAL_BATCH = 4

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from benchmarks.bench_joint_step import original_step as original_joint_step
 from benchmarks.bench_joint_step import ours_step as ours_joint_step
 from benchmarks.bench_nfm import timed
-from common.config.stages import TrainConfig
+from common.config.concepts import TrainConfig
 from common.models.codes import scatter_codes
 from common.models.joint import JointSAENFM, joint_reference
 from common.models.nfm import NFM, nfm_reference
@@ -232,9 +232,10 @@ def lm_figures(shapes: Shapes, device: torch.device, repeats: int) -> dict[str, 
     """Harvest (early exit at the layer vs the full forward) and KL (shared prefix at batch 32 vs the original's whole
     forward per patch at batch 4) in tokens per second, and the KL stage's peak memory, on the random LM."""
     from common.data.activations import NormStats
-    from common.kl.conditions import sequential_conditions, trained_settings
+    from common.kl.conditions import sequential_conditions
     from common.kl.evaluator import PatchingEvaluator
     from common.lm.hooks import capture_layer
+    from common.models.settings import trained_settings
 
     model = random_lm(shapes, device)
     ids = torch.randint(0, shapes.vocab, (shapes.windows, shapes.window), device=device)

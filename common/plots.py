@@ -14,7 +14,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from common.store.stage_files import atomic_write
+from common.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 

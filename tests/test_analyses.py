@@ -19,7 +19,8 @@ from common.models.joint import JointSAENFM
 from common.models.loading import load_joint
 from common.models.sae import TopKSAE
 from common.paths import REPO_ROOT
-from common.store.stage_files import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, atomic_save_json, atomic_save_safetensors
+from common.store.savers import atomic_save_json, atomic_save_safetensors
+from common.store.stage_files import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE
 
 D, F, NFM_K = 64, 1000, 6  # the tiny preset's shapes: the initial squared norm d/(3F) is 0.0213 as in the paper
 N_INIT, N_LOW_MOVED, N_HIGH = 100, 200, 700  # the joint decoder's constructed populations, in this row order

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from common.behavior.pipeline import Clamp
-from common.config.stages import build_config
+from common.config.presets import build_config
 from common.kl.conditions import sequential_conditions
 from common.lm.hooks import capture_layer, patch_layer
 from common.stages.behavior import BehaviorRun, last_position_logits, open_run, token_ids

@@ -4,17 +4,10 @@ import pytest
 import torch
 
 from common.errors import UserError
-from common.store.stage_files import (
-    CONFIG_FILE,
-    METRICS_FILE,
-    WEIGHTS_FILE,
-    atomic_save_json,
-    atomic_save_safetensors,
-    load_json,
-    load_weights,
-    read_stage,
-    require_match,
-)
+from common.store.model_files import load_weights
+from common.store.reads import load_json
+from common.store.savers import atomic_save_json, atomic_save_safetensors
+from common.store.stage_files import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, read_stage, require_match
 
 
 def test_safetensors_round_trip_is_bit_exact(tmp_path):

@@ -27,16 +27,11 @@ from common.data.batches import RowBatches
 from common.errors import UserError
 from common.kl.summary import PER_POSITION_FILE
 from common.runtime.distributed import World
+from common.seams import PAUSE_WRITE_ENV
 from common.stages.cli import run_cli
 from common.store.lock import LOCK_FILE
-from common.store.stage_files import (
-    CONFIG_FILE,
-    METRICS_FILE,
-    PAUSE_WRITE_ENV,
-    RESULTS_FILE,
-    load_resume_state,
-    load_weights,
-)
+from common.store.model_files import load_weights
+from common.store.stage_files import CONFIG_FILE, METRICS_FILE, RESULTS_FILE, load_resume_state
 
 ROOT = Path(__file__).resolve().parents[1]
 # One thread per process on both sides: the cache and the KL parts are then the same computation bit for bit.

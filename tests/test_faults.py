@@ -13,8 +13,10 @@ import pytest
 import torch
 
 import part2d_residual_NFM_streaming as part2d
+from common.seams import PAUSE_WRITE_ENV
 from common.store.lock import LOCK_FILE
-from common.store.stage_files import PAUSE_WRITE_ENV, RESUME_FILE, WEIGHTS_FILE, load_resume_state, load_weights
+from common.store.model_files import load_weights
+from common.store.stage_files import RESUME_FILE, WEIGHTS_FILE, load_resume_state
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}

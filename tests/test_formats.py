@@ -15,17 +15,11 @@ from common.models.joint import JointSAENFM
 from common.models.loading import load_joint, load_nfm, load_sae
 from common.models.nfm import NFM
 from common.models.sae import TopKSAE
-from common.store.stage_files import (
-    CONFIG_FILE,
-    FORMAT_VERSION,
-    METRICS_FILE,
-    WEIGHTS_FILE,
-    atomic_save_json,
-    atomic_save_safetensors,
-    load_json,
-    load_weights,
-    read_stage,
-)
+from common.store.formats import FORMAT_VERSION
+from common.store.model_files import load_weights
+from common.store.reads import load_json
+from common.store.savers import atomic_save_json, atomic_save_safetensors
+from common.store.stage_files import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, read_stage
 
 FORMAT1 = Path(__file__).parent / "data" / "format1"
 

@@ -7,7 +7,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from common.config.stages import TrainConfig
+from common.config.concepts import TrainConfig
 from common.models.sae import TopKSAE
 from common.runtime.fp16_emulation import Fp16GemmEmulation
 from common.training.trainer import Trainer

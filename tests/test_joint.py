@@ -21,15 +21,9 @@ from common.models.loading import load_joint, load_sae
 from common.models.sae import dense_codes, sae_reference
 from common.runtime.regimes import autocast
 from common.stages.cli import run_cli
-from common.store.stage_files import (
-    CONFIG_FILE,
-    METRICS_FILE,
-    RESUME_FILE,
-    WEIGHTS_FILE,
-    atomic_save_json,
-    load_json,
-    load_resume_state,
-)
+from common.store.reads import load_json
+from common.store.savers import atomic_save_json
+from common.store.stage_files import CONFIG_FILE, METRICS_FILE, RESUME_FILE, WEIGHTS_FILE, load_resume_state
 
 D_MODEL, NUM_FEATURES, K, EMBED_DIM, TOP_N, BATCH = 16, 200, 12, 8, 6, 10
 PAPER_SHAPES = dict(d_model=3_200, num_features=50_000, k=1_024, embed_dim=300, top_n=512)

@@ -11,23 +11,17 @@ import torch
 
 import part2d_residual_NFM_streaming as part2d
 import part10_sae_decomp_of_NFM as part10
-from common.config.stages import build_config
-from common.data.activations import NormStats
+from common.config.presets import build_config
+from common.data.activations import NormStats, open_stream
 from common.models.codes import scatter_codes
 from common.models.loading import load_nfm, load_sae
 from common.models.nfm import NFM, nfm_reference
 from common.models.sae import TopKSAE, sae_reference
 from common.stages.cli import run_cli
-from common.stages.opening import open_stream
-from common.store.stage_files import (
-    CONFIG_FILE,
-    METRICS_FILE,
-    WEIGHTS_FILE,
-    atomic_save_json,
-    load_json,
-    load_weights,
-    weights_sha256,
-)
+from common.store.model_files import load_weights
+from common.store.reads import load_json
+from common.store.savers import atomic_save_json
+from common.store.stage_files import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, weights_sha256
 from common.training.nfm_objective import evaluate_nfm, sae_codes
 
 

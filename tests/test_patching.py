@@ -8,14 +8,7 @@ import torch
 from scipy import stats
 
 from common.data.activations import NormStats
-from common.kl.conditions import (
-    JOINT_CONDITIONS,
-    SEQUENTIAL_CONDITIONS,
-    joint_conditions,
-    original_settings,
-    sequential_conditions,
-    trained_settings,
-)
+from common.kl.conditions import JOINT_CONDITIONS, SEQUENTIAL_CONDITIONS, joint_conditions, sequential_conditions
 from common.kl.evaluator import EPS_RANDOM, PatchingEvaluator, epsilon_perturb, next_token_metrics, random_unit_vectors
 from common.kl.summary import merge_parts, summarize
 from common.lm.hooks import capture_layer, patch_layer
@@ -24,7 +17,8 @@ from common.models.codes import scatter_codes, select_top_n
 from common.models.joint import JointSAENFM
 from common.models.nfm import NFM, nfm_reference
 from common.models.sae import TopKSAE, sae_reference
-from common.store.stage_files import atomic_save_npz
+from common.models.settings import original_settings, trained_settings
+from common.store.savers import atomic_save_npz
 
 LAYER = 2
 

@@ -469,7 +469,7 @@ def test_a_moved_run_folder_continues_without_rerunning(tiny_run, tmp_path, capl
     import shutil
 
     import reproduce
-    from common.stages.launch import SUBPROCESS_ENV
+    from common.seams import SUBPROCESS_ENV
 
     moved = tmp_path / "moved"
     shutil.copytree(tiny_run, moved, symlinks=True)
@@ -488,7 +488,7 @@ def test_a_failed_report_or_figure_write_keeps_the_previous_file(tmp_path, monke
     import numpy as np
 
     from common.plots import plot_histogram_panels
-    from common.store.stage_files import atomic_save_text
+    from common.store.savers import atomic_save_text
 
     report = tmp_path / "REPORT.md"
     report.write_text("the previous report\n", encoding="utf-8")

@@ -2,11 +2,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.config.stages import TrainConfig
+from common.config.concepts import TrainConfig
 from common.data.batches import ChunkedBatches, RowBatches
 from common.errors import UserError
 from common.models.sae import TopKSAE
-from common.store.stage_files import WEIGHTS_FILE, load_weights
+from common.store.model_files import load_weights
+from common.store.stage_files import WEIGHTS_FILE
 from common.training.trainer import Trainer, lr_factor
 
 CPU = torch.device("cpu")

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 import part1c_sae_topK_implementation as part1c
 import part2d_residual_NFM_streaming as part2d
 import part14_kl_tests as part14
-from common.config.stages import TrainConfig
-from common.data.activations import NormStats
+from common.config.concepts import TrainConfig
+from common.data.activations import NormStats, open_stream
 from common.errors import UserError
 from common.lm.hooks import capture_layer, patch_layer, run_from_layer
 from common.models.loading import load_sae
@@ -22,17 +22,11 @@ from common.models.nfm import NFM
 from common.models.sae import TopKSAE
 from common.paths import shared_wikitext_dir
 from common.stages.cli import run_cli
-from common.stages.opening import open_stream
+from common.store.formats import upgrade_config
 from common.store.lock import LOCK_FILE, OutputDir
-from common.store.stage_files import (
-    CONFIG_FILE,
-    RESUME_FILE,
-    WEIGHTS_FILE,
-    load_json,
-    load_resume_state,
-    load_weights,
-    upgrade_config,
-)
+from common.store.model_files import load_weights
+from common.store.reads import load_json
+from common.store.stage_files import CONFIG_FILE, RESUME_FILE, WEIGHTS_FILE, load_resume_state
 from common.training.trainer import Trainer
 
 CPU = torch.device("cpu")

@@ -13,7 +13,9 @@ from torch import Tensor
 
 from common.errors import UserError
 from common.models.loading import StageInput, load_sae
-from common.store.stage_files import RESULTS_FILE, git_commit, load_json
+from common.store.fingerprints import git_commit
+from common.store.reads import load_json
+from common.store.stage_files import RESULTS_FILE
 
 INIT_BAND_SIGMAS = 4.0
 NEAR_INIT_TOLERANCE = 0.25

@@ -11,20 +11,19 @@ original's) puts the whole pipeline output with the clamp in place of the residu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, get_args
 
 import torch
 from torch import Tensor
 
+from common.config.modes import ClampMode, Patch, Pathway
 from common.data.activations import NormStats
-from common.kl.conditions import EvalSettings
 from common.models.codes import select_top_n
 from common.models.nfm import NFM
 from common.models.sae import TopKSAE
+from common.models.settings import EvalSettings
 
-PATCHES = ("delta", "replace")
-PATHWAYS = ("secondary", "linear", "none")
-CLAMP_MODES = ("multiply", "set")
+PATCHES, PATHWAYS, CLAMP_MODES = get_args(Patch), get_args(Pathway), get_args(ClampMode)
 
 
 class PipelineOutput(NamedTuple):

@@ -10,18 +10,14 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from common.data.text import WindowedText, is_validation_window
+from common.config.concepts import LMConfig
+from common.data.text import WindowedText, is_validation_window, resolve_text
 from common.errors import UserError
 from common.lm.hooks import capture_layers
 from common.lm.loading import LoadedLM
 from common.runtime.distributed import World
-from common.store.stage_files import (
-    REWRITE_HINT,
-    atomic_save_json,
-    atomic_save_safetensors,
-    load_tensors,
-    load_tensors_with_metadata,
-)
+from common.store.reads import REWRITE_HINT, load_tensors, load_tensors_with_metadata
+from common.store.savers import atomic_save_json, atomic_save_safetensors
 
 SHARD_WINDOWS = 64  # cache granularity: stages with different chunk sizes share one cache
 NORM_STATS_FILE = "norm_stats.safetensors"
@@ -217,3 +213,12 @@ class ActivationStream:
             raise UserError(f"no held-out windows in the first {within} windows of {self.text.source.description}: "
                             "the text is too short")
         return flatten_positions(self.windows(indices), self.exclude_first_position)
+
+
+def open_stream(cfg: LMConfig, lm: LoadedLM, role: str = "train", files: list[str] | None = None) -> ActivationStream:
+    """Layer-L activations of the preset's training (or evaluation) text."""
+    text = resolve_text(files if files is not None else cfg.text_files, cfg.preset, role)
+    windows = WindowedText(text, lm.tokenizer, cfg.window, lm.bos_token_id if lm.adds_bos else None)
+    windows.get(0)  # fail now, before anything is written, if the text has no window at all
+    cache = None if cfg.cache_dir is None else Path(cfg.cache_dir)
+    return ActivationStream(lm, cfg.layer, windows, cfg.harvest_batch_size, cfg.exclude_first_position, cache)

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from common.errors import UserError
 from common.paths import WIKITEXT_FILES, shared_wikitext_dir
+from common.store.fingerprints import files_sha256
 
 HUB_DATASET = ("wikitext", "wikitext-103-raw-v1")
 VAL_EVERY = 10  # window i is held out when i % 10 == 9: 10% of windows, the same ones in every stage
@@ -43,17 +44,6 @@ class TextSource:
         for row in self.rows():
             digest.update(row.encode("utf-8") + b"\0")
         return f"sha256-rows:{digest.hexdigest()}"
-
-
-def files_sha256(paths: list[Path]) -> str:
-    """One digest over the files' bytes, in order (and their count, so a split of one file into two differs)."""
-    digest = hashlib.sha256(str(len(paths)).encode())
-    for path in paths:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 24), b""):
-                digest.update(block)
-        digest.update(b"\0")
-    return f"sha256:{digest.hexdigest()}"
 
 
 def _file_rows(paths: list[Path]) -> Iterator[str]:

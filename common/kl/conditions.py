@@ -6,9 +6,6 @@ the SAE's trained K, every code into the NFM, and (sequential only) the plain su
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
-
 import torch
 from torch import Tensor
 
@@ -18,35 +15,12 @@ from common.models.codes import select_top_n
 from common.models.joint import JointSAENFM
 from common.models.nfm import NFM
 from common.models.sae import TopKSAE
+from common.models.settings import EvalSettings
 
 SEQUENTIAL_CONDITIONS = {"sae": "SAE only", "sae_linear": "SAE + NFM linear",
                          "sae_interaction": "SAE + NFM interaction", "sae_nfm": "SAE + full NFM"}
 JOINT_CONDITIONS = {"joint_sae": "joint SAE part", "joint_full": "joint full", "joint_linear": "joint linear only",
                     "joint_interaction": "joint interaction only"}
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    """How the SAE and NFM are run on the residual: ``normalize`` (z-score in, de-normalize out), the SAE's ``k``, the
-    NFM's ``top_n`` (None: all k codes), the interaction ``pooling`` ("bi" or the original's "sum"), and
-    ``layer_offset`` (0, or 1 for the original's patch one block after the capture point)."""
-
-    normalize: bool
-    k: int
-    top_n: int | None
-    pooling: str
-    layer_offset: int
-
-    def record(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def trained_settings(k: int, top_n: int | None) -> EvalSettings:
-    return EvalSettings(normalize=True, k=k, top_n=top_n, pooling="bi", layer_offset=0)
-
-
-def original_settings(trained_k: int, pooling: str) -> EvalSettings:
-    return EvalSettings(normalize=False, k=trained_k, top_n=None, pooling=pooling, layer_offset=1)
 
 
 def _codec(norm: NormStats, settings: EvalSettings) -> tuple:

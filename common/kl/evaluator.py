@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from common.data.text import WindowedText
 from common.lm.hooks import capture_layer, capture_layer_and_logits, patch_layer, run_from_layer
 from common.runtime.distributed import ONE, World
-from common.store.stage_files import atomic_save_npz
+from common.store.savers import atomic_save_npz
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel

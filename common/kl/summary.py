@@ -14,7 +14,7 @@ import numpy as np
 from common.kl.evaluator import EPS_OWN, EPS_RANDOM, METRICS
 from common.plots import plot_by_position, plot_distributions_log
 from common.stats import paired_and_independent_tests, ratio, reduction
-from common.store.stage_files import atomic_save_npz
+from common.store.savers import atomic_save_npz
 
 PER_POSITION_FILE = "per_position.npz"
 METRIC_LABELS = {"kl": "KL(P_clean || P_patched) (nats)", "ce_next": "cross-entropy vs the next token (nats)",

@@ -22,7 +22,9 @@ from torch import Tensor
 
 from common.errors import UserError
 from common.models.sae import TopKSAE
-from common.store.stage_files import atomic_save_json, atomic_save_safetensors, load_json, load_tensors, weights_sha256
+from common.store.reads import load_json, load_tensors
+from common.store.savers import atomic_save_json, atomic_save_safetensors
+from common.store.stage_files import weights_sha256
 
 SAELENS, SPARSIFY = "saelens", "sparsify"
 FORMATS = (SAELENS, SPARSIFY)

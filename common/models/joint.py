@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from common.models.codes import select_top_n
 from common.models.nfm import NFM, NFMShape, nfm_reference
 from common.models.sae import SAEShape, TopKSAE, dense_codes, sae_reference
-from common.store.stage_files import SavesItself
+from common.models.saves_itself import SavesItself
 
 
 @dataclass(frozen=True)

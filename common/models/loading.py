@@ -16,7 +16,8 @@ from common.models.formats import foreign_format, import_sae, same_model
 from common.models.joint import JointSAENFM
 from common.models.nfm import NFM
 from common.models.sae import TopKSAE
-from common.store.stage_files import METRICS_FILE, WEIGHTS_FILE, load_json, read_stage, require_match, weights_sha256
+from common.store.reads import load_json
+from common.store.stage_files import METRICS_FILE, WEIGHTS_FILE, read_stage, require_match, weights_sha256
 
 log = logging.getLogger(__name__)
 

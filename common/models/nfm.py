@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from common.models.codes import scatter_codes, weighted_row_sum
-from common.store.stage_files import SavesItself
+from common.models.saves_itself import SavesItself
 
 DECODES = ("sparse", "dense")
 # "sum" pools Σ_i f_i v_i instead of the bi-interaction: the original's evaluation script (part14c) did that to a

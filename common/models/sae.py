@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from common.errors import UserError
 from common.models.codes import keep_top_n_dense, scatter_codes, weighted_row_sum
-from common.store.stage_files import SavesItself
+from common.models.saves_itself import SavesItself
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ import torch
 
 from common.errors import UserError
 from common.stages.pipeline import STAGES
-from common.store.stage_files import atomic_save_json, atomic_save_text, load_json
+from common.store.reads import load_json
+from common.store.savers import atomic_save_json, atomic_save_text
 
 # Each stage's output file, as reproduce.py runs the stages.
 STAGE_FILES = {stage.name: f"{stage.name}/{stage.done_file}" for stage in STAGES}

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.config.stages import build_config
+from common.config.presets import build_config
 from common.errors import UserError
 from common.stages.pipeline import BY_NAME
 

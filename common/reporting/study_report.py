@@ -22,7 +22,9 @@ from common.reporting.report import STAGE_FILES, format_value, lookup, rows
 from common.reporting.study_plan import SEED_STAGES, seed_variants, variant_dir
 from common.stages.run_records import RUN_RECORDS
 from common.stats import bimodality, dip_test, valley
-from common.store.stage_files import CONFIG_FILE, atomic_save_json, atomic_save_text, load_json
+from common.store.reads import load_json
+from common.store.savers import atomic_save_json, atomic_save_text
+from common.store.stage_files import CONFIG_FILE
 
 STUDY_FILE, STUDY_MD = "study.json", "STUDY.md"
 REPORT_VERDICT = "the mixture rule (REPORT.md's 'Squared norms (part16)' rows)"

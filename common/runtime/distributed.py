@@ -1,5 +1,5 @@
-"""Data parallelism under torchrun (METHOD §9): which stages split their work by rank, each rank's share, and the few
-collectives they need (gloo on the CPU, NCCL on CUDA). torchrun starts the processes and sets ``RANK``,
+"""Data parallelism under torchrun (METHOD §9): the refusal of a stage that does not split (which do, and how, is
+``common.registry``'s), each rank's share, and the few collectives they need (gloo on the CPU, NCCL on CUDA). torchrun starts the processes and sets ``RANK``,
 ``WORLD_SIZE`` and ``LOCAL_RANK``; a plain ``python script.py`` is a world of one and never touches
 ``torch.distributed``."""
 from __future__ import annotations
@@ -15,22 +15,9 @@ import torch.distributed as dist
 from torch import Tensor
 
 from common.errors import UserError
+from common.registry import STAGES
 
 T = TypeVar("T")
-
-# What each splitting stage (by its config name) divides among the ranks.
-BY_ROWS = "the harvest by cache shard (shard s to rank s mod N), then each step's batch by rows (batch / N each)"
-BY_WINDOWS = "the evaluation windows by batch (batch b to rank b mod N)"
-SPLITTING_STAGES = {"sae1": BY_ROWS, "sae2": BY_ROWS, "kl14": BY_WINDOWS, "kl18": BY_WINDOWS}
-# Why the others run in one process only. SPEC §9: a data-parallel step all-reduces every gradient, which pays only
-# where the step is large next to that traffic.
-ONE_PROCESS = {
-    "nfm": "its step of 130 rows would all-reduce the gradient of the F x d linear weight (640 MB at the paper's "
-           "shapes) every step, more than the step's own forward and backward (SPEC §9)",
-    "joint": "its step of 64 rows would all-reduce 2 GB of gradients every step, more than the step's own forward "
-             "and backward (about 5 ms on an H100; SPEC §9)",
-}
-
 
 def world_size() -> int:
     """The number of processes torchrun started for this run (1 outside torchrun)."""
@@ -44,10 +31,10 @@ def rank() -> int:
 def check_stage(stage: str) -> None:
     """Refuse, before anything is loaded or written, a stage started on more than one rank that does not split."""
     size = world_size()
-    if size > 1 and stage not in SPLITTING_STAGES:
-        why = ONE_PROCESS.get(stage, "its work does not split by rank")
-        raise UserError(f"stage {stage} runs in one process, not under torchrun with {size} processes: {why}; the "
-                        f"stages that split are {', '.join(SPLITTING_STAGES)}")
+    if size > 1 and STAGES[stage].splits is None:
+        splitting = [name for name, entry in STAGES.items() if entry.splits is not None]
+        raise UserError(f"stage {stage} runs in one process, not under torchrun with {size} processes: "
+                        f"{STAGES[stage].one_process}; the stages that split are {', '.join(splitting)}")
 
 
 @dataclass(frozen=True)

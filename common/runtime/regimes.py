@@ -3,20 +3,22 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import get_args
 
 import torch
 
+from common.config.modes import Decode, Precision
 from common.errors import UserError
 from common.runtime.fp16_emulation import fp16_products
 
-# Per choice: its allowed values, and what ``auto`` means on (CUDA, the CPU).
-CHOICES = {
+# What ``auto`` means on (CUDA, the CPU); the allowed values are the Literals of common.config.modes.
+AUTO = {
     # Gather the K active rows on the CPU; a dense tensor-core matmul on CUDA is faster at K = 1,024 of 50,000.
-    "decode": (("auto", "dense", "sparse"), ("dense", "sparse")),
+    "decode": ("dense", "sparse"),
     # bf16 matmuls over fp32 master weights on CUDA; plain fp32 on the CPU, where bf16 autocast did not pay.
-    "precision": (("auto", "fp32", "bf16", "faithful-fp16"), ("bf16", "fp32")),
+    "precision": ("bf16", "fp32"),
 }
-DECODE_MODES, PRECISIONS = CHOICES["decode"][0], CHOICES["precision"][0]
+DECODE_MODES, PRECISIONS = get_args(Decode), get_args(Precision)
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -30,9 +32,7 @@ def resolve_device(name: str | None) -> torch.device:
 
 
 def _resolve(choice: str, value: str, device: torch.device) -> str:
-    allowed, (on_cuda, on_cpu) = CHOICES[choice]
-    if value not in allowed:
-        raise UserError(f"--{choice} must be one of {', '.join(allowed)}, got {value!r}")
+    on_cuda, on_cpu = AUTO[choice]
     if value == "auto":
         return on_cuda if device.type == "cuda" else on_cpu
     return value

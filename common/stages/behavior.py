@@ -15,13 +15,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from common.analysis.decoders import read_results
 from common.behavior.pipeline import Clamp, Pipeline
 from common.behavior.statistics import bh_fdr
 from common.behavior.stimuli import CELLS, load_stimuli, tokens_per_cell, words_per_cell
-from common.config.stages import input_paths
-from common.data.activations import ActivationStream
+from common.config.concepts import BehaviorConfig
+from common.data.activations import ActivationStream, NormStats
 from common.errors import UserError
-from common.kl.conditions import original_settings, trained_settings
 from common.lm.hooks import capture_layer, patch_layer, run_from_layer
 from common.lm.loading import LoadedLM
 from common.models.codes import scatter_codes
@@ -32,11 +32,15 @@ from common.models.loading import (
     load_nfm,
     load_sae,
     load_secondary,
-    require_same_lm,
 )
-from common.stages.opening import Runtime, model_record, open_lm, runtime
+from common.models.nfm import NFM
+from common.models.sae import TopKSAE
+from common.models.settings import EvalSettings, original_settings, trained_settings
+from common.runtime.context import Runtime
+from common.stages.finish import write_results
+from common.stages.opening import open_stage
+from common.store.fingerprints import git_commit
 from common.store.lock import OutputDir
-from common.store.stage_files import git_commit, write_results
 
 log = logging.getLogger(__name__)
 CLAMP_BATCH = 32  # clamped passes per batch (logits are (batch, T, vocabulary): keep it small)
@@ -44,7 +48,7 @@ CLAMP_BATCH = 32  # clamped passes per batch (logits are (batch, T, vocabulary):
 
 @dataclass
 class BehaviorRun:
-    cfg: Any
+    cfg: BehaviorConfig
     rt: Runtime
     lm: LoadedLM
     pipeline: Pipeline
@@ -62,39 +66,69 @@ class BehaviorRun:
                 "config": dataclasses.asdict(self.cfg), "git_commit": git_commit()}
 
 
-def open_run(cfg: Any, secondary: bool = True, lm_dtype: torch.dtype | None = None) -> BehaviorRun:
-    """Every check before anything is written: the output folder, the checkpoints against each other, the LM."""
-    out = OutputDir(cfg.output_dir, overwrite=cfg.overwrite, inputs=input_paths(cfg))
+@dataclass
+class BehaviorInputs:
+    """The checkpoints of a behavioral script, checked against each other, and how they are evaluated."""
+
+    sources: list[StageInput]
+    settings: EvalSettings
+    sae: TopKSAE
+    norm: NormStats
+    nfm: NFM
+    secondary: TopKSAE | None = None
+    secondary_norm: NormStats | None = None
+
+
+def read_behavior_inputs(cfg: BehaviorConfig, secondary: bool) -> BehaviorInputs:
     sae, norm, sae_source = load_sae(cfg.sae1_model_path)
     nfm, nfm_source = load_nfm(cfg.nfm_model_path)
     check_nfm_on_sae(nfm_source, sae, sae_source, norm)
-    sources, second, second_norm = [sae_source, nfm_source], None, None
+    if cfg.original_eval:
+        settings = original_settings(sae.k, pooling="sum")
+    else:
+        settings = trained_settings(nfm_source.config["sae_k"], nfm_source.config["top_n_features"])
+    inputs = BehaviorInputs([sae_source, nfm_source], settings, sae, norm, nfm)
     if secondary:
         second, second_norm, second_source = load_secondary(cfg.interaction_sae_path)
         check_secondary_on(second_source, nfm_source, sae_source)
         if second.d_model != nfm.embed_dim:
             raise UserError(f"{second_source.what} decomposes {second.d_model}-wide vectors, but the NFM's interaction "
                             f"vectors are {nfm.embed_dim} wide")
-        sources.append(second_source)
-    if cfg.original_eval:
-        settings = original_settings(sae.k, pooling="sum")
-    else:
-        settings = trained_settings(nfm_source.config["sae_k"], nfm_source.config["top_n_features"])
-    rt = runtime(cfg)
-    lm = open_lm(cfg, rt.device, lm_dtype)
-    record = model_record(lm, cfg.layer)
-    for source in sources:
-        require_same_lm(source, record)
-    layer = cfg.layer + settings.layer_offset
-    if layer > lm.num_layers - 1:
-        raise UserError(f"--original_eval reads the residual one block later, at layer {layer}, but this "
-                        f"{lm.num_layers}-block model's last patchable layer is {lm.num_layers - 1}")
-    device = rt.device
-    pipeline = Pipeline(sae.to(device), norm.to(device), nfm.to(device), settings, rt.decode,
-                        None if second is None else second.to(device),
-                        None if second_norm is None else second_norm.to(device))
+        inputs.sources.append(second_source)
+        inputs.secondary, inputs.secondary_norm = second, second_norm
+    return inputs
+
+
+def open_run(cfg: BehaviorConfig, secondary: bool = True, lm_dtype: torch.dtype | None = None,
+             check_more: Callable[[list[StageInput]], None] | None = None) -> BehaviorRun:
+    """Every check before anything is written (``check_more``: a script's own inputs, checked against the
+    checkpoints before the LM is loaded), then the LM and the pipeline."""
+
+    def read_inputs() -> BehaviorInputs:
+        inputs = read_behavior_inputs(cfg, secondary)
+        if check_more is not None:
+            check_more(inputs.sources)
+        return inputs
+
+    opened, inputs = open_stage(cfg, read_inputs, lm_dtype)
+    device = opened.rt.device
+    pipeline = Pipeline(inputs.sae.to(device), inputs.norm.to(device), inputs.nfm.to(device), inputs.settings,
+                        opened.rt.decode, None if inputs.secondary is None else inputs.secondary.to(device),
+                        None if inputs.secondary_norm is None else inputs.secondary_norm.to(device))
     patch = cfg.patch if getattr(cfg, "patch", None) else ("replace" if cfg.original_eval else "delta")
-    return BehaviorRun(cfg, rt, lm, pipeline, sources, out, layer, int(lm.adds_bos), patch, record)
+    return BehaviorRun(cfg, opened.rt, opened.lm, pipeline, inputs.sources, opened.out, opened.patch_layer,
+                       int(opened.lm.adds_bos), patch, opened.record)
+
+
+def read_earlier(folder: str, flag: str, analysis: str, sources: list[StageInput]) -> dict[str, Any]:
+    """An earlier behavioral script's ``results.json``, refused when it holds another analysis or was made with
+    other checkpoints than ``sources`` (by the weights sha256 it recorded)."""
+    results = read_results(folder, flag, analysis)
+    for source in sources:
+        recorded = results["inputs"].get(source.flag.lstrip("-"), {}).get("weights_sha256")
+        if recorded != source.record()["weights_sha256"]:
+            raise UserError(f"{flag} {folder} was made with another {source.what}")
+    return results
 
 
 def token_ids(run: BehaviorRun, text: str) -> Tensor:
@@ -194,8 +228,6 @@ def stimulus_set(run: BehaviorRun, name: str) -> StimulusSet:
     """``--split even_odd`` (the default, METHOD §10 decision 2): even-numbered sentences of each cell select, the
     odd ones report; ``none``: all texts do both."""
     cfg = run.cfg
-    if cfg.split not in ("even_odd", "none"):
-        raise UserError(f"--split must be even_odd or none, got {cfg.split!r}")
     stimuli = load_stimuli(cfg.stimuli)
     cells = {cell: texts[: cfg.sentences_per_cell] for cell, texts in stimuli.sets[name].items()}
     texts, cell, position = [], [], []

@@ -13,19 +13,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from common.config.stages import input_paths
-from common.data.activations import NormStats
+from common.config.concepts import KLConfig
+from common.data.activations import NormStats, open_stream
 from common.data.text import WindowedText
 from common.errors import UserError
-from common.kl.conditions import EvalSettings
 from common.kl.evaluator import PatchingEvaluator, Reconstruct, evaluate_windows
 from common.kl.summary import PER_POSITION_FILE, format_table, merge_parts, plot_results, summarize
 from common.lm.loading import LoadedLM
-from common.models.loading import StageInput, require_same_lm
+from common.models.loading import StageInput
+from common.models.settings import EvalSettings
+from common.runtime.context import Runtime
 from common.runtime.regimes import autocast
-from common.stages.opening import Runtime, model_record, open_lm, open_stream, runtime, start_output_dir
-from common.store.lock import OutputDir
-from common.store.stage_files import write_results
+from common.stages.finish import write_results
+from common.stages.opening import open_stage, start_output_dir
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class KLStage:
     """One KL test: its loaded models (CPU, fp32), how they reconstruct, and how its results are named."""
 
     stage: str  # "kl14" | "kl18"
-    inputs: list[StageInput]  # the checkpoints evaluated, each checked against the LM
+    sources: list[StageInput]  # the checkpoints evaluated, each checked against the LM
     modules: list[nn.Module]
     norm: NormStats
     conditions: Callable[[NormStats, str], Reconstruct]  # (stats, decode path) -> reconstruct, all on the device
@@ -47,7 +47,7 @@ class KLStage:
     extra: dict[str, Any]
 
 
-def check_kl_settings(cfg: Any, checkpoint_layer: int | None, flag: str) -> None:
+def check_kl_settings(cfg: KLConfig, checkpoint_layer: int | None, flag: str) -> None:
     """Bad numbers and a checkpoint from another layer, refused before anything is loaded or written (an imported
     sparsify SAE may name no layer: it is then the run's)."""
     if checkpoint_layer is not None and checkpoint_layer != cfg.layer:
@@ -58,17 +58,10 @@ def check_kl_settings(cfg: Any, checkpoint_layer: int | None, flag: str) -> None
             raise UserError(f"--{name} must be at least 1, got {getattr(cfg, name)}")
 
 
-def run_kl_stage(cfg: Any, kl: KLStage) -> dict[str, Any]:
-    out_dir = OutputDir(cfg.output_dir, cfg.resume, cfg.overwrite, input_paths(cfg))
-    rt = runtime(cfg)
-    lm = open_lm(cfg, rt.device)
-    record = model_record(lm, cfg.layer)
-    for source in kl.inputs:
-        require_same_lm(source, record)
-    patch_layer = cfg.layer + kl.settings.layer_offset
-    if patch_layer > lm.num_layers - 1:
-        raise UserError(f"--original_eval patches one block later, at layer {patch_layer}, "
-                        f"but this {lm.num_layers}-block model's last patchable layer is {lm.num_layers - 1}")
+def run_kl_stage(cfg: KLConfig, read_inputs: Callable[[], KLStage]) -> dict[str, Any]:
+    """Open the stage (``read_inputs`` loads and checks the checkpoints and builds the conditions), evaluate, write."""
+    opened, kl = open_stage(cfg, read_inputs)
+    rt, lm, out_dir, patch_layer = opened.rt, opened.lm, opened.out, opened.patch_layer
     text = open_stream(cfg, lm, role="eval", files=cfg.eval_text_files).text
     indices = text.available(0, cfg.num_wiki_samples)
     evaluation = {
@@ -79,14 +72,15 @@ def run_kl_stage(cfg: Any, kl: KLStage) -> dict[str, Any]:
         "window_tokens": cfg.window, "first_position": int(cfg.exclude_first_position),
         "precision_regime": rt.precision, "decode_path": rt.decode, "world_size": rt.world.size,
     }
-    inputs = {source.flag.lstrip("-"): source.record() for source in kl.inputs}
+    inputs = {source.flag.lstrip("-"): source.record() for source in kl.sources}
     with out_dir.writing():
         if rt.world.is_main:
-            start_output_dir(out_dir, cfg, record, kl.stage, {"evaluation": evaluation, "inputs": inputs, **kl.extra})
+            start_output_dir(out_dir, cfg, opened.record, kl.stage,
+                             {"evaluation": evaluation, "inputs": inputs, **kl.extra})
         return _evaluate(cfg, kl, lm, rt, out_dir.path, text, indices, patch_layer, evaluation)
 
 
-def _evaluate(cfg: Any, kl: KLStage, lm: LoadedLM, rt: Runtime, out: Path, text: WindowedText, indices: list[int],
+def _evaluate(cfg: KLConfig, kl: KLStage, lm: LoadedLM, rt: Runtime, out: Path, text: WindowedText, indices: list[int],
               patch_layer: int, evaluation: dict[str, Any]) -> dict[str, Any]:
     if len(indices) < cfg.num_wiki_samples:
         log.info("the evaluation text has %d whole windows (fewer than --num_wiki_samples %d): all are used",

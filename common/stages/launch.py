@@ -18,8 +18,9 @@ import sys
 import traceback
 from pathlib import Path
 
+from common.seams import subprocess_requested
+
 log = logging.getLogger(__name__)
-SUBPROCESS_ENV = "FEATURE_INTEGRATION_SUBPROCESS"
 # What the stages import that costs seconds; importing it once in the parent leaves the forked stage nothing to do.
 PRELOAD = ("torch", "numpy", "scipy.stats", "sklearn.mixture", "safetensors.torch", "tqdm.auto",
            "transformers", "transformers.models.llama.modeling_llama", "transformers.models.auto.modeling_auto",
@@ -29,7 +30,7 @@ PRELOAD = ("torch", "numpy", "scipy.stats", "sklearn.mixture", "safetensors.torc
 
 
 def forking() -> bool:
-    return hasattr(os, "fork") and os.environ.get(SUBPROCESS_ENV) != "1"
+    return hasattr(os, "fork") and not subprocess_requested()
 
 
 def preload() -> None:

@@ -1,74 +1,94 @@
-"""What every stage script does around its own work: open the LM and text, guard the output directory, and write
-the stage's config. Kept here so the numbered scripts stay thin."""
+"""How every stage opens, once: its config parsed (and refused under torchrun if it does not split), its output
+directory checked, every input read and checked, then the runtime, the LM, each input against the LM, and the patch
+layer; and its ``config.json`` written with what a resumed run must match. Nothing is loaded before every input
+passed, and nothing is written before the LM is open."""
 from __future__ import annotations
 
 import dataclasses
-import gc
-import logging
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
 
 import torch
 
-from common.data.activations import NORM_STATS_FILE, ActivationStream
-from common.data.text import WindowedText, resolve_text
+from common.config.fields import input_paths
+from common.config.parse import parse_config
+from common.config.presets import stage_name
+from common.data.activations import NORM_STATS_FILE
 from common.errors import UserError
 from common.lm.hooks import check_layer
-from common.lm.loading import LoadedLM, load_lm
-from common.runtime.distributed import ONE, World, join
-from common.runtime.regimes import resolve_decode, resolve_device, resolve_precision
+from common.lm.loading import LoadedLM, load_lm, model_record
+from common.models.loading import StageInput, require_same_lm
+from common.models.settings import EvalSettings
+from common.runtime.context import Runtime, runtime
+from common.runtime.distributed import check_stage
+from common.store.fingerprints import git_commit
+from common.store.formats import FORMAT_VERSION, upgrade_config
 from common.store.lock import OutputDir
-from common.store.stage_files import CONFIG_FILE, FORMAT_VERSION, git_commit, load_json, upgrade_config, write_config
+from common.store.reads import load_json
+from common.store.stage_files import CONFIG_FILE, write_config
 
-log = logging.getLogger(__name__)
-
+C = TypeVar("C")
 # Settings that may change between an interrupted run and its resumption without changing the result.
 RESUMABLE_CHANGES = {"resume", "overwrite", "stop_at_step", "device", "harvest_batch_size"}
 
 
-@dataclasses.dataclass
-class Runtime:
-    device: torch.device
-    precision: str
-    decode: str
-    world: World = ONE
+def stage_config(cls: type[C], description: str, argv: list[str] | None) -> C:
+    """The stage's config from its command line; a stage that does not split by rank is refused under torchrun here,
+    before anything is read."""
+    check_stage(stage_name(cls))
+    return parse_config(cls, description, argv)
 
 
-def runtime(cfg: Any) -> Runtime:
-    """The device, regimes and (under torchrun) the world of this process, whose process group starts here."""
-    world, device = join(resolve_device(cfg.device))
-    return Runtime(device, resolve_precision(cfg.precision, device), resolve_decode(cfg.decode, device), world)
+class Inputs(Protocol):
+    """What a stage read before the LM is opened: the stage directories it was given (each checked against the LM
+    next) and, where it patches the LM, how its models are evaluated (which sets the patch layer)."""
+
+    sources: list[StageInput]
+    settings: EvalSettings | None
 
 
-def open_lm(cfg: Any, device: torch.device, dtype: torch.dtype | None = None) -> LoadedLM:
-    lm = load_lm(cfg.model, device, dtype, trust_remote_code=cfg.trust_remote_code, cache_dir=cfg.cache_dir)
+@dataclass
+class SourcesOnly:
+    sources: list[StageInput] = field(default_factory=list)
+    settings: EvalSettings | None = None
+
+
+I = TypeVar("I", bound=Inputs)
+
+
+@dataclass
+class Opened:
+    """A stage after its opening: everything checked, the LM loaded, nothing written yet."""
+
+    out: OutputDir
+    rt: Runtime
+    lm: LoadedLM
+    record: dict[str, Any]  # the LM's provenance, carried by every output
+    patch_layer: int  # where the residual is patched: L as trained, L + 1 under --original_eval
+
+
+def output_path(cfg: Any) -> str:
+    """The config's one output field (``--checkpoint_dir`` or ``--output_dir``)."""
+    return next(getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.metadata.get("output"))
+
+
+def open_stage(cfg: Any, read_inputs: Callable[[], I], lm_dtype: torch.dtype | None = None) -> tuple[Opened, I]:
+    """The one opening order: the output directory → every input (``read_inputs``) → the runtime → the LM → each
+    input against the LM → the patch layer."""
+    out = OutputDir(output_path(cfg), getattr(cfg, "resume", False), cfg.overwrite, input_paths(cfg))
+    inputs = read_inputs()
+    rt = runtime(cfg)
+    lm = load_lm(cfg.model, rt.device, lm_dtype, trust_remote_code=cfg.trust_remote_code, cache_dir=cfg.cache_dir)
     check_layer(lm.num_layers, cfg.layer)
-    return lm
-
-
-def open_stream(cfg: Any, lm: LoadedLM, role: str = "train", files: list[str] | None = None) -> ActivationStream:
-    """Layer-L activations of the preset's training (or evaluation) text."""
-    text = resolve_text(files if files is not None else cfg.text_files, cfg.preset, role)
-    windows = WindowedText(text, lm.tokenizer, cfg.window, lm.bos_token_id if lm.adds_bos else None)
-    windows.get(0)  # fail now, before anything is written, if the text has no window at all
-    cache = None if cfg.cache_dir is None else Path(cfg.cache_dir)
-    return ActivationStream(lm, cfg.layer, windows, cfg.harvest_batch_size, cfg.exclude_first_position, cache)
-
-
-def release(lm: LoadedLM) -> None:
-    """Free the LM before training: at paper scale its 6.9 GB are better spent elsewhere on a 24 GB card."""
-    if lm.model_loaded:
-        lm.model.to("meta")
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def model_record(lm: LoadedLM, layer: int) -> dict[str, Any]:
-    return {"model_id": lm.model_id, "model_fingerprint": lm.fingerprint, "layer": layer, "d_model": lm.d_model,
-            "lm_dtype": str(lm.dtype)}
-
-
+    record = model_record(lm, cfg.layer)
+    for source in inputs.sources:
+        require_same_lm(source, record)
+    patch_layer = cfg.layer + (inputs.settings.layer_offset if inputs.settings else 0)
+    if patch_layer > lm.num_layers - 1:
+        raise UserError(f"--original_eval reads and patches the residual one block later, at layer {patch_layer}, but "
+                        f"this {lm.num_layers}-block model's last patchable layer is {lm.num_layers - 1}")
+    return Opened(out, rt, lm, record, patch_layer), inputs
 def start_output_dir(out: OutputDir, cfg: Any, record: dict[str, Any], stage: str,
                      extra: dict[str, Any] | None = None) -> dict:
     """Write ``config.json``; on --resume first check that the run is the same one (settings, model, inputs, text).

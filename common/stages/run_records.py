@@ -10,8 +10,10 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from common.data.text import files_sha256
-from common.store.stage_files import RESULTS_FILE, WEIGHTS_FILE, atomic_save_json, load_json, weights_sha256
+from common.store.fingerprints import files_sha256
+from common.store.reads import load_json
+from common.store.savers import atomic_save_json
+from common.store.stage_files import RESULTS_FILE, WEIGHTS_FILE, weights_sha256
 
 RUN_RECORDS = "reproduce_records"
 

@@ -15,17 +15,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from common.config.stages import input_paths, parse_config
+from common.config.concepts import TrainedStageConfig
+from common.config.presets import stage_name
 from common.data.activations import NORM_STATS_FILE, NormStats
 from common.errors import UserError
 from common.lm.loading import LoadedLM
-from common.models.loading import StageInput, require_same_lm
+from common.models.loading import StageInput
 from common.plots import plot_training_history
+from common.runtime.context import Runtime
 from common.runtime.distributed import split_record
 from common.runtime.regimes import param_dtype
-from common.stages.opening import Runtime, model_record, open_lm, runtime, start_output_dir
+from common.stages.finish import write_metrics
+from common.stages.opening import SourcesOnly, open_stage, stage_config, start_output_dir
 from common.store.lock import OutputDir
-from common.store.stage_files import write_metrics
 from common.training.trainer import BatchSource, Trainer
 
 log = logging.getLogger(__name__)
@@ -62,13 +64,15 @@ class StageRun:
 
 
 class TrainedStage:
-    """Subclass and set ``name`` (the preset/config stage name) and ``description``; override the hooks."""
+    """Subclass and set ``config_class`` (which names the stage in ``common.registry``) and ``description``; override
+    the hooks."""
 
-    name: str
+    config_class: type[TrainedStageConfig]
     description: str
 
     def __init__(self, argv: list[str] | None = None) -> None:
-        self.cfg = parse_config(self.name, self.description, argv)
+        self.name = stage_name(self.config_class)
+        self.cfg = stage_config(self.config_class, self.description, argv)
 
     # ---- hooks -----------------------------------------------------------------------------------------------
     def check(self) -> None:
@@ -97,15 +101,9 @@ class TrainedStage:
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
         self.check()
-        out_dir = OutputDir(cfg.checkpoint_dir, cfg.resume, cfg.overwrite, input_paths(cfg))
-        out = out_dir.path
-        inputs = self.load_inputs()
-        rt = runtime(cfg)
-        lm = open_lm(cfg, rt.device)
-        record = model_record(lm, cfg.layer)
-        for source in inputs:
-            require_same_lm(source, record)
-        run = StageRun(cfg, rt, lm, record, out, inputs)
+        opened, inputs = open_stage(cfg, lambda: SourcesOnly(self.load_inputs()))
+        rt, out_dir = opened.rt, opened.out
+        run = StageRun(cfg, rt, opened.lm, opened.record, out_dir.path, inputs.sources)
         try:
             data = self.prepare(run)
         except UserError as err:  # bad data (a NaN activation, a too-short text) is named with the stage it stopped

@@ -8,13 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from common.config.stages import EVAL_BATCH_ROWS
 from common.data.activations import NormStats
 from common.models.joint import JointSAENFM, paper_parameter_counts, unique_parameter_counts, with_shares
 from common.models.sae import TopKSAE
+from common.runtime.context import Runtime
 from common.runtime.regimes import autocast, param_dtype
-from common.stages.opening import Runtime
-from common.training.metrics import ReconstructionMetrics
+from common.training.metrics import EVAL_BATCH_ROWS, ReconstructionMetrics
 from common.training.sae_objective import evaluate_sae
 
 

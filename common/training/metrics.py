@@ -4,6 +4,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+# Evaluation batches (SAE codes, whole-set metrics): rows are independent there, so only speed depends on it.
+EVAL_BATCH_ROWS = 1024
+
 
 class ReconstructionMetrics:
     """Streams (x, x̂) batches and returns MSE, variance explained (the original's), FVU (Gao et al.) and L0/dead.

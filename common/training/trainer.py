@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from common.config.stages import TrainConfig
+from common.config.concepts import TrainConfig
 from common.errors import UserError
 from common.runtime.distributed import ONE, World
 from common.runtime.fp16_emulation import fp16_products
