@@ -20,7 +20,7 @@ from common.errors import UserError
 from common.reporting.report import write_report
 from common.stages.cli import ERROR_FILE_ENV, run_cli
 from common.stages.launch import preload, run_script, run_torchrun
-from common.stages.pipeline import BY_NAME, STAGES, Stage
+from common.stages.pipeline import BY_NAME, PIPELINE, PipelineRun
 from common.stages.run_records import RUN_RECORDS, RunRecord, stage_identity
 from common.store.lock import OutputDir
 
@@ -28,7 +28,7 @@ log = logging.getLogger("reproduce")
 ROOT = Path(__file__).resolve().parent
 
 
-def stage_argv(stage: Stage, args: argparse.Namespace, out_dir: Path) -> list[str]:
+def stage_argv(stage: PipelineRun, args: argparse.Namespace, out_dir: Path) -> list[str]:
     """The stage's command line: its inputs, the shared settings, and where it writes."""
     argv = ["--preset", args.preset, stage.out_flag, str(out_dir / stage.name), *stage.argv(out_dir)]
     for flag in ("device", "precision", "seed"):
@@ -46,7 +46,7 @@ def stage_argv(stage: Stage, args: argparse.Namespace, out_dir: Path) -> list[st
     return argv
 
 
-def run_stage(stage: Stage, argv: list[str], out_dir: Path, text_files: list[str], nproc: int = 1) -> dict:
+def run_stage(stage: PipelineRun, argv: list[str], out_dir: Path, text_files: list[str], nproc: int = 1) -> dict:
     """Run one stage in its own process (a crash cannot take earlier outputs with it), or in ``nproc`` under torchrun
     where its work splits by rank; skip it if already done."""
     stage_out = out_dir / stage.name
@@ -82,7 +82,7 @@ def run_stage(stage: Stage, argv: list[str], out_dir: Path, text_files: list[str
     return {**written, "skipped": False}
 
 
-def check_inputs_exist(stages: list[Stage], out_dir: Path) -> None:
+def check_inputs_exist(stages: list[PipelineRun], out_dir: Path) -> None:
     """With --stages, an input stage that is neither run now nor finished is refused before anything is written."""
     chosen = {stage.name for stage in stages}
     for stage in stages:
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache", action=argparse.BooleanOptionalAction, default=None,
                         help="harvest activations once into DIR/activation_cache "
                              "(default: on for cpu and tiny and with --nproc, off for paper)")
-    parser.add_argument("--stages", nargs="+", choices=[s.name for s in STAGES], default=None,
+    parser.add_argument("--stages", nargs="+", choices=[s.name for s in PIPELINE], default=None,
                         help="run only these stages (their inputs must exist)")
     parser.add_argument("--study", default=None,
                         help="a study.py study.json of this preset, quoted at the top of REPORT.md "
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         args.cache = args.preset != "paper" or args.nproc > 1
     out_dir = Path(args.output_dir or f"runs/{args.preset}")
     text_files = [*(args.text_files or []), *(args.eval_text_files or [])]
-    stages = [stage for stage in STAGES if not args.stages or stage.name in args.stages]
+    stages = [stage for stage in PIPELINE if not args.stages or stage.name in args.stages]
     check_inputs_exist(stages, out_dir)
     study = study_file(args)
     if any(not (args.nproc > 1 and stage.splits) for stage in stages):

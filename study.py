@@ -36,7 +36,7 @@ from common.reporting.study_plan import (
 from common.reporting.study_report import write_study
 from common.stages.cli import run_cli
 from common.stages.launch import preload
-from common.stages.pipeline import BY_NAME, Stage
+from common.stages.pipeline import BY_NAME, PipelineRun
 from common.store.fingerprints import git_commit
 from common.store.lock import OutputDir
 from reproduce import run_stage, stage_argv
@@ -50,7 +50,7 @@ def base_args(preset: str) -> argparse.Namespace:
                               cache=preset != "paper", text_files=None, eval_text_files=None)
 
 
-def stage_command(stage: Stage, run: Run, base: argparse.Namespace, out_dir: Path) -> list[str]:
+def stage_command(stage: PipelineRun, run: Run, base: argparse.Namespace, out_dir: Path) -> list[str]:
     """reproduce.py's command line for the stage (a seed as ``reproduce.py --seed N`` gives it), plus the run's
     precision for the trained stages and its extra flags."""
     argv = stage_argv(stage, argparse.Namespace(**{**vars(base), "seed": run.seed}), out_dir)

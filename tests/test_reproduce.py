@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import pytest
 
 from common.reporting.report import lookup
-from reproduce import STAGES
+from reproduce import PIPELINE as STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,8 @@ from common.analysis.decoders import NEAR_INIT_TOLERANCE, load_decoder
 from common.analysis.geometry import squared_norms
 from common.config.stages import OrthoConfig
 from common.errors import UserError
-from common.reporting.report import STAGE_FILES, format_value, lookup, rows
+from common.reporting.report import STAGE_FILES, format_value, lookup, paper_figure, section_of
+from common.reporting.rows import ROWS, Row
 from common.reporting.study_plan import SEED_STAGES, seed_variants, variant_dir
 from common.stages.run_records import RUN_RECORDS
 from common.stats import bimodality, dip_test, valley
@@ -216,12 +217,12 @@ def length(runs: Runs) -> dict[str, Any]:
     return section
 
 
-def _holds(row: Any, outputs: dict[str, Any]) -> bool | None:
-    if row.check is None:
+def _holds(row: Row, outputs: dict[str, Any]) -> bool | None:
+    if row.rule is None:
         return None
     try:
-        return bool(row.check(outputs, ""))
-    except (KeyError, TypeError):  # the rule reads a stage the seeds do not run
+        return bool(row.rule.check(lookup(outputs, row.source), lambda source: lookup(outputs, source)))
+    except (KeyError, TypeError, UserError):  # the rule reads a stage the seeds do not run
         return None
 
 
@@ -229,17 +230,17 @@ def seeds(runs: Runs) -> dict[str, Any]:
     variants = ["main", *seed_variants(runs.study_dir)]
     done = [v for v in variants if all(stage in runs.outputs(v) for stage in SEED_STAGES)]
     out = []
-    for row in rows():
+    for row in ROWS:
         if row.source.split(":", 1)[0] not in SEED_STAGES or not done:
             continue
         values = [lookup(runs.outputs(v), row.source) for v in done]
         holds = [_holds(row, runs.outputs(v)) for v in done]
         numeric = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        out.append({"name": f"{row.section}: {row.name}", "paper": row.paper, "kind": row.kind, "source": row.source,
+        out.append({"name": f"{section_of(row)}: {row.name}", "paper": paper_figure(row), "kind": row.kind, "source": row.source,
                     "values": values, "mean": statistics.fmean(numeric) if len(numeric) == len(values) else None,
                     "sd": statistics.stdev(numeric) if len(numeric) == len(values) > 1 else None,
-                    "rule": row.rule, "holds": holds,
-                    "holds_count": None if row.check is None else sum(bool(h) for h in holds)})
+                    "rule": row.rule.text if row.rule else "", "holds": holds,
+                    "holds_count": None if row.rule is None else sum(bool(h) for h in holds)})
     commands = {v: {stage: runs.command(v, stage) for stage in SEED_STAGES} for v in done}
     seeds_of = {v: (0 if v == "main" else int(v.removeprefix("seed"))) for v in done}
     claims = [r for r in out if r["holds_count"] is not None]

@@ -1,0 +1,197 @@
+"""REPORT.md's rows as data: each names the value it shows once (``source``, "stage:key.path"), the paper's figure
+(a key of ``common.paper``), and, where the row is a claim, its written rule, which is checked on that value.
+A row of a stage that also ran under ``--original_eval`` shows that run's value beside it (``original``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from common.reporting.rules import (
+    Rule,
+    above,
+    above_source,
+    below,
+    below_source,
+    equals,
+    is_false,
+    is_true,
+    paired_above,
+    ratio_within,
+    same_sign,
+    sign_with_p,
+    source_below,
+    within,
+    within_fraction_of,
+)
+
+
+@dataclass(frozen=True)
+class Row:
+    source: str  # "stage:key.path" of this run's value
+    name: str
+    paper: str = ""  # a key of common.paper.PAPER, or a literal figure in quotes ('"…"'); "" for none
+    kind: str = "pct"  # pct | num | int | bool
+    rule: Rule | None = None
+    original: bool = False  # the same key of the stage's _original run, where the KL or behavioral stage ran both
+    section: str | None = None  # default: the stage's section in common.registry
+
+    @property
+    def stage(self) -> str:
+        return self.source.split(":", 1)[0]
+
+
+def _kl(stage: str, condition: str, key: str) -> str:
+    return f"{stage}:conditions.{condition}.{key}"
+
+
+def _reduces(name: str, paper: str, stage: str, condition: str, metric: str = "kl_reduction") -> Row:
+    """A KL or CE reduction against the reference, both evaluations, held to "reduction > 0 with paired p < 0.01"."""
+    test = _kl(stage, condition, f"tests.{metric.replace('_reduction', '_reference_minus_condition')}.paired")
+    return Row(_kl(stage, condition, metric), name, paper, rule=paired_above(test, REDUCES), original=True)
+
+
+REDUCES = "reduction > 0 with paired p < 0.01"
+SQUARED_NORMS = "Squared norms (part16)"
+ORTHO = "ortho:saes.{}"
+SHARE_PAPER = (("interaction", "low"), ("linear", "low"), ("nonlinear", "low"), ("residual", "high"))
+
+ROWS: list[Row] = [
+    Row("sae1:variance_explained", "variance explained", "sae1.variance_explained", rule=above(0.80, "> 0.80")),
+    Row("sae1:mse", "reconstruction MSE (normalized)", "sae1.mse", "num"),
+    Row("sae1:l0_fraction", "active features (L0 / F)", "sae1.l0_fraction"),
+    Row("sae1:dead_fraction", "dead features", "sae1.dead_fraction", rule=below(0.01, "< 1%")),
+    Row("nfm:error_reduction_train", "residual error reduction, train", "nfm.error_reduction_train",
+        rule=above(0, "> 0")),
+    Row("nfm:error_reduction_val", "residual error reduction, validation", "nfm.error_reduction_val",
+        rule=above(0, "> 0")),
+    Row("nfm:residual_mse_before_val", "residual MSE before → after, validation (before)",
+        "nfm.residual_mse_before_val", "num"),
+    Row("nfm:residual_mse_after_val", "residual MSE before → after, validation (after)", "nfm.residual_mse_after_val",
+        "num"),
+    Row("nfm:linear_share", "linear share of mean |output|", "nfm.linear_share",
+        rule=above_source("nfm:interaction_share", "linear > interaction")),
+    Row("sae2:variance_explained", "variance explained of the interaction vectors"),
+    Row("joint:joint_mse", "joint reconstruction MSE (held out)", "joint.joint_mse", "num"),
+    Row("joint:sae_part_mse", "its own SAE path alone, MSE", "joint.sae_part_mse", "num"),
+    Row("joint:improvement", "improvement over its own SAE path", "joint.improvement",
+        rule=above_source("nfm:error_reduction_val", "joint improvement > sequential improvement (stage 2, validation)")),
+    Row("joint:improvement_vs_standalone", "improvement over the standalone stage-1 SAE", rule=above(0, "> 0")),
+    Row("joint:linear_share", "linear share of mean |output|", "joint.linear_share",
+        rule=above_source("joint:interaction_share", "linear > interaction")),
+    Row("joint:parameters.paper_style.shares.nfm_linear", "NFM linear share of parameters (paper's count)",
+        "joint.nfm_linear_share", rule=within(0.323, 0.01, "within 1 point of 32.3%")),
+    Row("joint:parameters.paper_style.shares.nfm_embeddings", "embeddings share of parameters (paper's count)",
+        "joint.nfm_embeddings_share"),
+    Row(_kl("kl14", "sae", "kl_ratio_eps_random"), "SAE KL / ε-random KL", "kl14.sae_ratio", "num",
+        paired_above(_kl("kl14", "sae", "tests.kl_vs_eps_random.paired"),
+                     "> 1 with paired p < 0.01 (SAE above ε-random)"), original=True),
+    Row(_kl("kl14", "sae_nfm", "kl_ratio_eps_random"), "SAE + NFM KL / ε-random KL", "kl14.sae_nfm_ratio", "num",
+        below_source(_kl("kl14", "sae", "kl_ratio_eps_random"), "below the SAE's ratio"), original=True),
+    _reduces("KL reduction, SAE + full NFM", "kl14.kl_reduction", "kl14", "sae_nfm"),
+    _reduces("KL reduction, SAE + NFM linear", "kl14.kl_reduction", "kl14", "sae_linear"),
+    Row(_kl("kl14", "sae_interaction", "kl_reduction"), "KL reduction, SAE + NFM interaction",
+        "kl14.interaction_reduction",
+        rule=below_source(_kl("kl14", "sae_linear", "kl_reduction"), "smaller than the linear reduction"),
+        original=True),
+    Row("kl14:measurements", "measurements", "kl14.measurements", "int", original=True),
+    Row(_kl("kl18", "joint_sae", "kl_ratio_eps_random"), "joint SAE part KL / ε-random KL", "", "num",
+        paired_above(_kl("kl18", "joint_sae", "tests.kl_vs_eps_random.paired"), "> 1 with paired p < 0.01"),
+        original=True),
+    Row(_kl("kl18", "joint_full", "kl_reduction"), "KL reduction, joint full", "kl18.full_reduction",
+        rule=paired_above(_kl("kl18", "joint_full", "tests.kl_reference_minus_condition.paired"), REDUCES)
+        & above_source(_kl("kl14", "sae_nfm", "kl_reduction"), "above the sequential SAE + NFM reduction"),
+        original=True),
+    _reduces("KL reduction, joint linear only", "kl18.linear_reduction", "kl18", "joint_linear"),
+    _reduces("KL reduction, joint interaction only", "kl18.interaction_reduction", "kl18", "joint_interaction"),
+    _reduces("CE (next token) reduction, joint full", "kl18.ce_full_reduction", "kl18", "joint_full",
+             "ce_next_reduction"),
+    _reduces("CE (next token) reduction, joint linear only", "kl18.ce_linear_reduction", "kl18", "joint_linear",
+             "ce_next_reduction"),
+    _reduces("CE (next token) reduction, joint interaction only", "kl18.ce_interaction_reduction", "kl18",
+             "joint_interaction", "ce_next_reduction"),
+    Row("kl18:measurements", "measurements", "kl18.measurements", "int", original=True),
+    Row(ORTHO.format("standalone.pca.original.components_90"),
+        "PCA components for 90%, standalone (original definition)", "ortho.components_standalone", "int"),
+    Row(ORTHO.format("joint.pca.original.components_90"), "PCA components for 90%, joint (original definition)",
+        "ortho.components_joint", "int",
+        within_fraction_of(ORTHO.format("standalone.pca.original.components_90"), 0.1,
+                           "within 10% of the standalone SAE's")),
+    Row(ORTHO.format("joint.pca.standard.components_90"), "PCA components for 90%, joint (standard, centred)", "",
+        "int"),
+    Row(ORTHO.format("standalone.cosine_offdiag.mean_abs"), "mean |cosine| off the diagonal, standalone",
+        "ortho.cosine_standalone", "num"),
+    Row(ORTHO.format("joint.cosine_offdiag.mean_abs"), "mean |cosine| off the diagonal, joint", "ortho.cosine_joint",
+        "num", ratio_within(ORTHO.format("joint.cosine_offdiag.mean_abs"),
+                            ORTHO.format("joint.cosine_offdiag.random_directions_mean_abs"), 0.25,
+                            "within 25% of random directions' mean |cosine|")),
+    Row(ORTHO.format("standalone.bimodality.bimodal"), "standalone SAE bimodal", "ortho.standalone_bimodal", "bool",
+        is_false("not bimodal by the mixture rule"), section=SQUARED_NORMS),
+    Row(ORTHO.format("joint.bimodality.bimodal"), "joint SAE bimodal", "ortho.joint_bimodal", "bool",
+        is_true("bimodal by the mixture rule"), section=SQUARED_NORMS),
+    Row(ORTHO.format("joint.bimodality.two_component.means.0"), "joint mixture: low mode mean", "ortho.joint_low_mode",
+        "num", section=SQUARED_NORMS),
+    Row(ORTHO.format("joint.bimodality.two_component.means.1"), "joint mixture: high mode mean",
+        "ortho.joint_high_mode", "num", section=SQUARED_NORMS),
+    *[Row(f"bimodal:shares.{share}.mean_{side}", f"{share} share, squared norm {'< split' if side == 'low' else '≥ split'}",
+          f"bimodal.{share}_{side}",
+          rule=None if side == "low" else sign_with_p(f"bimodal:shares.{share}.student", share != "residual",
+                                                      f"low {'>' if share != 'residual' else '<'} high with Student "
+                                                      "p < 0.01"))
+      for share, _ in SHARE_PAPER for side in ("low", "high")],
+    *[Row(f"bimodal:spearman_vs_squared_norm.{share}.r", f"Spearman r, squared norm vs {share} share",
+          f"bimodal.{share}_r", "num",
+          sign_with_p(f"bimodal:spearman_vs_squared_norm.{share}", share == "residual",
+                      f"{'positive' if share == 'residual' else 'negative'} with p < 0.01", statistic="r"))
+      for share, _ in SHARE_PAPER],
+]
+
+_FOUND, _CHOSEN = "discovery", "selection"
+_TOP, _VALUE = "ranked.interaction.0", "target_by_value"
+_DESIGN_STATS = (("-4", "F_m-4", "dod_m-4"), ("0", "F_m0", "dod_m0"), ("4", "F_m4", "dod_m4"))
+
+BEHAVIOR_ROWS: list[Row] = [
+    Row("sparsity:embeddings.most_unequal.0.gini", "most unequal embedding row: Gini", "sparsity.gini", "num"),
+    Row("sparsity:embeddings.most_unequal.0.effective_rank", "its entropy effective rank", "sparsity.effective_rank",
+        "num"),
+    Row("sparsity:embeddings.means.gini", "mean Gini of the embedding rows", "", "num",
+        above_source("sparsity:embeddings.untrained_reference.mean", "above an untrained row's")),
+    Row("sparsity:embeddings.untrained_reference.mean", "untrained |N(0, σ)| rows: Gini", '"≈0.414 (√2 − 1)"', "num"),
+    *[row for factor in ("formality", "emotion") for row in (
+        Row(f"{_FOUND}:{factor}.top.0.t", f"{factor}: top primary feature's t", f"discovery.{factor}", "num",
+            original=True),
+        Row(f"{_FOUND}:{factor}.top.0.t_heldout", f"{factor}: its t on the held-out texts", '"— (not held out)"',
+            "num", same_sign(f"{_FOUND}:{factor}.top.0.t", "same sign as on the selecting texts"), original=True))],
+    Row(f"{_CHOSEN}:by_omnibus_all_texts.F", "top feature by the one-way F over the cells: F", "selection.F", "num",
+        original=True),
+    Row(f"{_CHOSEN}:by_omnibus_all_texts.p", "top feature by the one-way F over the cells: p", "selection.p", "num",
+        original=True),
+    Row(f"{_CHOSEN}:{_TOP}.F", "top feature by the interaction F: F (selecting texts)", "", "num", original=True),
+    Row(f"{_CHOSEN}:{_TOP}.q_all", "its BH q over all features", "", "num", below(0.05, "< 0.05"), original=True),
+    Row(f"{_CHOSEN}:{_TOP}.F_heldout", "its interaction F on the held-out texts", "", "num",
+        source_below(f"{_CHOSEN}:{_TOP}.p_heldout", 0.05, "held-out p < 0.05"), original=True),
+    Row(f"{_CHOSEN}:counterexamples.0.F", "counterexample (lowest one-way F): F", "selection.counterexample_F", "num",
+        original=True),
+    Row(f"{_CHOSEN}:counterexamples.0.p", "counterexample: p", "selection.counterexample_p", "num", original=True),
+    *[row for m, f_key, dod_key in _DESIGN_STATS for row in (
+        Row(f"clamp:{_VALUE}.{m}.original_pseudo_interaction.F", f"m = {m}: the original statistic F (df 1, 78)",
+            f"clamp.{f_key}", "num", original=True),
+        Row(f"clamp:{_VALUE}.{m}.by_word.p", f"m = {m}: by-word interaction p", "", "num", original=True),
+        Row(f"clamp:{_VALUE}.{m}.holm_p", f"m = {m}: Holm p over every feature × multiplier", '"— (uncorrected)"',
+            "num", original=True),
+        Row(f"clamp:{_VALUE}.{m}.difference_of_differences", f"m = {m}: difference of differences (logits)",
+            f"clamp.{dod_key}", "num", original=True))],
+    Row("clamp:by_prompt.p", "m = -4: by-prompt (repeated-measures) p", "", "num", original=True),
+    Row("clamp:permutation_p", "m = -4: word-label permutation p", "", "num", original=True),
+    Row("clamp:null_percentile.percentile", "m = -4: percentile of the by-word F among random features", "", "num",
+        original=True),
+    Row("clamp:by_word.formality.mean_diff", "m = -4: formality main effect (logits)", "", "num", original=True),
+    Row("clamp:by_word.emotion.mean_diff", "m = -4: emotion main effect (logits)", "", "num", original=True),
+    Row("clamp:greedy_tokens_changed", "m = -4: greedy tokens changed", '"— (read by eye)"', "pct", original=True),
+    Row("clamp:holm_p", "the interaction is significant (by-word Holm p)", "clamp.significant", "num",
+        Rule("Holm p < 0.05 and the by-word F above 95% of random features'",
+             lambda v, read: v < 0.05 and read("clamp:null_percentile.percentile") >= 95), original=True),
+    Row("clamp:identity_max_abs_dlogit", "identity: max |Δlogit| at m = 1", "", "num",
+        equals(0, "exactly 0 (the delta patch leaves the model alone)"), original=True),
+    Row("clamp_linear:mean_abs_dlogit", "linear control, m = -4: mean |Δlogit|", "clamp.linear_control", "num",
+        above(0, "> 0 (its 'no interaction' counts only after a change)")),
+    Row("clamp_linear:by_word.F", "linear control, m = -4: by-word interaction F", "", "num"),
+]
