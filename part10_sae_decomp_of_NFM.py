@@ -15,7 +15,7 @@ from torch import Tensor
 from common.config.stages import SAE2Config
 from common.data.activations import NormStats, open_stream
 from common.data.chunks import ChunkPlan
-from common.lm.loading import release
+from common.lm.model import release
 from common.models.loading import StageInput, check_nfm_on_sae, load_nfm, load_sae
 from common.models.sae import TopKSAE, check_sae_shape
 from common.stages.cli import run_cli

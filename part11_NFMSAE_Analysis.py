@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from common.behavior.statistics import active_in, screen_interaction, screen_oneway
+from common.behavior.screens import active_in, screen_interaction, screen_oneway
 from common.behavior.stimuli import CELLS
 from common.config.stages import SelectionConfig
 from common.errors import UserError

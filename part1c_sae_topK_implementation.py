@@ -11,7 +11,7 @@ import time
 from common.config.stages import SAE1Config
 from common.data.activations import NormStats, open_stream
 from common.errors import UserError
-from common.lm.loading import release
+from common.lm.model import release
 from common.models.sae import TopKSAE, check_sae_shape
 from common.stages.cli import run_cli
 from common.stages.sae_training import SAETrainingStage

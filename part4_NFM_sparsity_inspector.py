@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from common.analysis.decoders import run_record
-from common.behavior.statistics import row_statistics, untrained_gini_reference
+from common.analysis.weight_rows import row_statistics, untrained_gini_reference
 from common.config.fields import input_paths
 from common.config.stages import SparsityConfig
 from common.errors import UserError

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from common.behavior.statistics import active_in, screen_t
+from common.behavior.screens import active_in, screen_t
 from common.config.stages import DiscoveryConfig
 from common.errors import UserError
 from common.plots import plot_grouped_bars

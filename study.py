@@ -21,18 +21,16 @@ from pathlib import Path
 
 from common.config.presets import PRESETS
 from common.reporting.study_plan import (
-    QUESTIONS,
     SEED_STAGES,
     SEEDS,
     Run,
     borrowed,
     check_main_run,
     link_to_main,
-    parse_questions,
     parse_seeds,
-    question_runs,
     variant_dir,
 )
+from common.reporting.study_questions import QUESTIONS, parse_questions, question_runs
 from common.reporting.study_report import write_study
 from common.stages.cli import run_cli
 from common.stages.launch import preload

@@ -27,10 +27,11 @@ from common.data.text import WindowedText, resolve_text
 from common.kl.conditions import sequential_conditions
 from common.kl.evaluator import PatchingEvaluator  # noqa: E402
 from common.lm.hooks import capture_layer  # noqa: E402
-from common.lm.loading import SMOLLM2_GGUF, load_lm  # noqa: E402
+from common.lm.loading import load_lm
 from common.models.nfm import NFM  # noqa: E402
 from common.models.sae import TopKSAE  # noqa: E402
 from common.models.settings import trained_settings
+from common.registry import SMOLLM2_GGUF
 from common.runtime.regimes import resolve_decode, resolve_device  # noqa: E402
 
 ORIGINAL_BATCH = 4

@@ -13,7 +13,9 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from common.lm.loading import SMOLLM2_GGUF, TINY_MODEL, LoadedLM, load_lm  # noqa: E402
+from common.lm.loading import load_lm
+from common.lm.model import LoadedLM
+from common.registry import SMOLLM2_GGUF, TINY_MODEL
 
 
 def pytest_configure(config: pytest.Config) -> None:

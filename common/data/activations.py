@@ -14,7 +14,7 @@ from common.config.concepts import LMConfig
 from common.data.text import WindowedText, is_validation_window, resolve_text
 from common.errors import UserError
 from common.lm.hooks import capture_layers
-from common.lm.loading import LoadedLM
+from common.lm.model import LoadedLM
 from common.runtime.distributed import World
 from common.store.reads import REWRITE_HINT, load_tensors, load_tensors_with_metadata
 from common.store.savers import atomic_save_json, atomic_save_safetensors

@@ -17,7 +17,6 @@ from common.config.presets import build_config
 from common.errors import UserError
 from common.stages.pipeline import BY_NAME
 
-QUESTIONS = ("regime", "k", "pathology", "length", "seeds", "bimodality")
 # The chain of stage 1 → 2 → 5 → 14 → 16 → 17 → 18 that each seed runs; the main run is seed 0.
 SEED_STAGES = ("sae1", "nfm", "joint", "kl14", "ortho", "bimodal", "kl18")
 SEEDS = (1, 2)  # beside the main run's seed 0: three seeds
@@ -57,30 +56,30 @@ def trained_k_flags(preset: str) -> dict[str, tuple[str, ...]]:
     return {"nfm": ("--sae_k", k, "--top_n_features", k)}
 
 
-def question_runs(question: str, preset: str, seeds: tuple[int, ...] = SEEDS) -> list[Run]:
-    """The runs a question needs besides the main run (``bimodality`` reads the others' decoders and runs nothing)."""
-    if question == "regime":
-        return [Run("fp16", ("sae1", "nfm", "joint", "ortho"), precision=FP16)]
-    if question == "k":
-        return [Run("trained_k", ("nfm",), flags=trained_k_flags(preset))]
-    if question == "pathology":  # part14 on the trained-K NFM: the SAE condition runs at the K the SAE trained with
-        return [Run("trained_k", ("nfm", "kl14"), flags=trained_k_flags(preset))]
-    if question == "length":
-        return [Run("long", ("sae1", "joint", "ortho"), flags=longer_training_flags(preset))]
-    if question == "seeds":
-        return [Run(f"seed{seed}", SEED_STAGES, seed=seed) for seed in seeds]
-    if question == "bimodality":
-        return []
-    raise UserError(f"--questions: unknown question {question!r} (questions: {', '.join(QUESTIONS)})")
+def regime_runs(preset: str, seeds: tuple[int, ...]) -> list[Run]:
+    return [Run("fp16", ("sae1", "nfm", "joint", "ortho"), precision=FP16)]
 
 
-def parse_questions(text: str) -> list[str]:
-    chosen = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in chosen if name not in QUESTIONS]
-    if unknown or not chosen:
-        raise UserError(f"--questions: unknown {', '.join(unknown) or '(none given)'} "
-                        f"(choose from {','.join(QUESTIONS)})")
-    return chosen
+def trained_k_runs(preset: str, seeds: tuple[int, ...]) -> list[Run]:
+    return [Run("trained_k", ("nfm",), flags=trained_k_flags(preset))]
+
+
+def pathology_runs(preset: str, seeds: tuple[int, ...]) -> list[Run]:
+    """part14 on the trained-K NFM: the SAE condition runs at the K the SAE trained with."""
+    return [Run("trained_k", ("nfm", "kl14"), flags=trained_k_flags(preset))]
+
+
+def length_runs(preset: str, seeds: tuple[int, ...]) -> list[Run]:
+    return [Run("long", ("sae1", "joint", "ortho"), flags=longer_training_flags(preset))]
+
+
+def seed_runs(preset: str, seeds: tuple[int, ...]) -> list[Run]:
+    return [Run(f"seed{seed}", SEED_STAGES, seed=seed) for seed in seeds]
+
+
+def no_runs(preset: str, seeds: tuple[int, ...]) -> list[Run]:
+    """A question that reads the other questions' runs and runs nothing of its own."""
+    return []
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:

@@ -23,7 +23,7 @@ from common.config.concepts import BehaviorConfig
 from common.data.activations import ActivationStream, NormStats
 from common.errors import UserError
 from common.lm.hooks import capture_layer, patch_layer, run_from_layer
-from common.lm.loading import LoadedLM
+from common.lm.model import LoadedLM
 from common.models.codes import scatter_codes
 from common.models.loading import (
     StageInput,

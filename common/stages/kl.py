@@ -19,7 +19,7 @@ from common.data.text import WindowedText
 from common.errors import UserError
 from common.kl.evaluator import PatchingEvaluator, Reconstruct, evaluate_windows
 from common.kl.summary import PER_POSITION_FILE, format_table, merge_parts, plot_results, summarize
-from common.lm.loading import LoadedLM
+from common.lm.model import LoadedLM
 from common.models.loading import StageInput
 from common.models.settings import EvalSettings
 from common.runtime.context import Runtime

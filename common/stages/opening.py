@@ -17,7 +17,8 @@ from common.config.presets import stage_name
 from common.data.activations import NORM_STATS_FILE
 from common.errors import UserError
 from common.lm.hooks import check_layer
-from common.lm.loading import LoadedLM, load_lm, model_record
+from common.lm.loading import load_lm
+from common.lm.model import LoadedLM, model_record
 from common.models.loading import StageInput, require_same_lm
 from common.models.settings import EvalSettings
 from common.runtime.context import Runtime, runtime

@@ -19,7 +19,7 @@ from common.config.concepts import TrainedStageConfig
 from common.config.presets import stage_name
 from common.data.activations import NORM_STATS_FILE, NormStats
 from common.errors import UserError
-from common.lm.loading import LoadedLM
+from common.lm.model import LoadedLM
 from common.models.loading import StageInput
 from common.plots import plot_training_history
 from common.runtime.context import Runtime

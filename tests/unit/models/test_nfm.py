@@ -8,6 +8,7 @@ import torch
 
 from common.models.codes import scatter_codes, select_top_n
 from common.models.nfm import DECODES, NFM, NFMOutput, nfm_reference
+from tests.helpers import assert_rel_close
 
 NUM_FEATURES, D_MODEL, EMBED_DIM, BATCH, TOP_N = 200, 16, 8, 6, 10
 
@@ -31,14 +32,6 @@ def make_nfm(seed: int = 0, dtype: torch.dtype = torch.float32) -> NFM:
         for p in nfm.parameters():
             p.normal_(std=0.3)
     return nfm
-
-
-def assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, rel: float, name: str = "") -> None:
-    """Max abs error within ``rel`` of the expected tensor's largest magnitude (robust near zero entries)."""
-    actual, expected = actual.double(), expected.double()
-    err = (actual - expected).abs().max().item()
-    scale = expected.abs().max().item()
-    assert err <= rel * scale, f"{name}: max error {err:.3g} vs scale {scale:.3g} (rel {err / scale:.3g} > {rel})"
 
 
 def grads_of(nfm: NFM) -> dict[str, torch.Tensor]:

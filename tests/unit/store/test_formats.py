@@ -20,8 +20,9 @@ from common.store.model_files import load_weights
 from common.store.reads import load_json
 from common.store.savers import atomic_save_json, atomic_save_safetensors
 from common.store.stage_files import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, read_stage
+from tests.helpers import DATA
 
-FORMAT1 = Path(__file__).parent / "data" / "format1"
+FORMAT1 = DATA / "format1"
 
 
 def old_dir(tmp_path: Path, stage: str, module: torch.nn.Module) -> Path:

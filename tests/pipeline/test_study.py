@@ -16,10 +16,9 @@ import torch
 import study
 from common.errors import UserError
 from common.reporting.report import write_report
-from common.reporting.study_report import initial_decoder
+from common.reporting.study_bimodality import initial_decoder
 from common.stats import bimodality, dip_test, valley
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ outputs, resume equivalence, and every refused input."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from common.errors import UserError
 from common.kl.conditions import JOINT_CONDITIONS, SEQUENTIAL_CONDITIONS
 from common.kl.evaluator import PatchingEvaluator
 from common.kl.summary import PER_POSITION_FILE
+from tests.helpers import copy_stage
 
 SMALL = ["--preset", "tiny", "--num_wiki_samples", "8", "--batch_size", "4"]
 WINDOW_POSITIONS = 127  # positions 0..T-2 of a 128-token window
@@ -115,15 +115,6 @@ def test_resume_gives_the_same_results(kl14_dir: Path, tiny_stage1_dir: Path, ti
 
 
 # ---- refused inputs: one clear line, nothing written ---------------------------------------------
-
-
-def copy_stage(source: Path, target: Path, edit_config: dict | None = None) -> Path:
-    shutil.copytree(source, target)
-    if edit_config:
-        config = json.loads((target / "config.json").read_text())
-        config.update(edit_config)
-        (target / "config.json").write_text(json.dumps(config))
-    return target
 
 
 @pytest.mark.parametrize("extra, message", [

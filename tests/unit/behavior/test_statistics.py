@@ -7,21 +7,16 @@ from statsmodels.formula.api import ols
 from statsmodels.stats.anova import AnovaRM, anova_lm
 from statsmodels.stats.multitest import multipletests
 
+from common.analysis.weight_rows import gini, row_statistics, untrained_gini_reference
+from common.behavior.screens import active_in, screen_interaction, screen_oneway, screen_t
 from common.behavior.statistics import (
-    active_in,
     bh_fdr,
     by_word,
-    gini,
     holm,
     interaction_f_balanced,
     logit_2x2,
     long_frame,
     null_percentile,
-    row_statistics,
-    screen_interaction,
-    screen_oneway,
-    screen_t,
-    untrained_gini_reference,
     word_permutation_p,
 )
 

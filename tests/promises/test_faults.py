@@ -17,8 +17,8 @@ from common.seams import PAUSE_WRITE_ENV
 from common.store.lock import LOCK_FILE
 from common.store.model_files import load_weights
 from common.store.stage_files import RESUME_FILE, WEIGHTS_FILE, load_resume_state
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 # The tiny NFM's best_model.safetensors is 283 KB and its resume.pt 868 KB: a 500 KB file-size limit lets the first
 # through and stops the second, as a disk that fills up between two checkpoints would.

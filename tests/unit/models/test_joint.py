@@ -2,7 +2,6 @@
 part15 learns, resumes exactly, loads where a stage-1 directory is accepted, and refuses bad input."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -22,8 +21,8 @@ from common.models.sae import dense_codes, sae_reference
 from common.runtime.regimes import autocast
 from common.stages.cli import run_cli
 from common.store.reads import load_json
-from common.store.savers import atomic_save_json
 from common.store.stage_files import CONFIG_FILE, METRICS_FILE, RESUME_FILE, WEIGHTS_FILE, load_resume_state
+from tests.helpers import assert_rel_close, copy_stage
 
 D_MODEL, NUM_FEATURES, K, EMBED_DIM, TOP_N, BATCH = 16, 200, 12, 8, 6, 10
 PAPER_SHAPES = dict(d_model=3_200, num_features=50_000, k=1_024, embed_dim=300, top_n=512)
@@ -37,13 +36,6 @@ def make_joint(tied: bool = True, dtype: torch.dtype = torch.float32) -> JointSA
         for p in joint.nfm.parameters():
             p.normal_(std=0.3)
     return joint
-
-
-def assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, rel: float, name: str = "") -> None:
-    """Max abs error within ``rel`` of the expected tensor's largest magnitude."""
-    err = (actual.double() - expected.double()).abs().max().item()
-    scale = expected.double().abs().max().item()
-    assert err <= rel * scale, f"{name}: max error {err:.3g} vs scale {scale:.3g}"
 
 
 def run_path(joint: JointSAENFM, x: torch.Tensor, decode: str | None, seed: int = 7):
@@ -195,17 +187,9 @@ def test_resume_after_interruption_reaches_the_same_weights(tmp_path: Path):
     assert (tmp_path / "split" / RESUME_FILE).is_file()
 
 
-def _copy_stage(src: Path, dst: Path, **changes) -> Path:
-    shutil.copytree(src, dst)
-    config = load_json(dst / CONFIG_FILE)
-    config.update(changes)
-    atomic_save_json(config, dst / CONFIG_FILE)
-    return dst
-
-
 def test_bad_inputs_are_refused_before_anything_is_written(tmp_path: Path, tiny_stage1_dir: Path, capsys):
     out = tmp_path / "out"
-    other_layer = _copy_stage(tiny_stage1_dir, tmp_path / "layer3", layer=3)
+    other_layer = copy_stage(tiny_stage1_dir, tmp_path / "layer3", layer=3)
     cases = [
         (["--sae1_model_path", str(tmp_path / "missing")], "not a finished checkpoint"),
         (["--sae1_model_path", str(other_layer)], "layer"),

@@ -12,7 +12,7 @@ from common.kl.conditions import JOINT_CONDITIONS, SEQUENTIAL_CONDITIONS, joint_
 from common.kl.evaluator import EPS_RANDOM, PatchingEvaluator, epsilon_perturb, next_token_metrics, random_unit_vectors
 from common.kl.summary import merge_parts, summarize
 from common.lm.hooks import capture_layer, patch_layer
-from common.lm.loading import LoadedLM
+from common.lm.model import LoadedLM
 from common.models.codes import scatter_codes, select_top_n
 from common.models.joint import JointSAENFM
 from common.models.nfm import NFM, nfm_reference

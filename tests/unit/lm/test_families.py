@@ -13,7 +13,7 @@ import torch
 import common.lm.hooks
 from common.lm.families import decoder_blocks, exact_family
 from common.lm.hooks import capture_layer, capture_layer_and_logits, patch_layer, run_from_layer
-from common.lm.loading import LoadedLM
+from common.lm.model import LoadedLM
 
 LAYERS, WIDTH, VOCAB = 3, 32, 512
 SHARED = dict(vocab_size=VOCAB, num_hidden_layers=LAYERS, bos_token_id=1, eos_token_id=2, pad_token_id=0)

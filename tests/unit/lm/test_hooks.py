@@ -6,7 +6,9 @@ import torch
 
 from common.errors import UserError
 from common.lm.hooks import capture_layer, capture_layer_and_logits, check_layer, patch_layer, run_from_layer
-from common.lm.loading import TINY_MODEL, LoadedLM, load_lm
+from common.lm.loading import load_lm
+from common.lm.model import LoadedLM
+from common.registry import TINY_MODEL
 
 
 def random_ids(lm: LoadedLM, batch: int = 3, length: int = 40, seed: int = 0) -> torch.Tensor:

@@ -18,11 +18,11 @@ import part15_joint_SAENFM
 import part16_orthogonality
 from common.data.activations import NormStats
 from common.errors import UserError
-from common.lm.loading import TINY_MODEL
 from common.models.codes import scatter_codes
 from common.models.formats import SIDECAR_FILE
 from common.models.loading import load_sae
 from common.models.sae import TopKSAE
+from common.registry import TINY_MODEL
 
 D, F, K = 64, 1000, 20  # the tiny preset's shapes
 

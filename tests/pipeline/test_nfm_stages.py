@@ -3,7 +3,6 @@ input."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from common.store.reads import load_json
 from common.store.savers import atomic_save_json
 from common.store.stage_files import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, weights_sha256
 from common.training.nfm_objective import evaluate_nfm, sae_codes
+from tests.helpers import copy_stage
 
 
 def run_stage(main, argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
@@ -39,14 +39,6 @@ def assert_refused(main, argv: list[str], out: Path, capsys: pytest.CaptureFixtu
     assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
     assert expect in errors[0], errors[0]
     assert not out.exists(), "a refused run must write nothing"
-
-
-def copy_stage(src: Path, dst: Path, **config_changes) -> Path:
-    shutil.copytree(src, dst)
-    config = load_json(dst / CONFIG_FILE)
-    config.update(config_changes)
-    atomic_save_json(config, dst / CONFIG_FILE)
-    return dst
 
 
 # ---- decode paths --------------------------------------------------------------------------------

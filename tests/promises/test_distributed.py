@@ -32,8 +32,8 @@ from common.stages.cli import run_cli
 from common.store.lock import LOCK_FILE
 from common.store.model_files import load_weights
 from common.store.stage_files import CONFIG_FILE, METRICS_FILE, RESULTS_FILE, load_resume_state
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 # One thread per process on both sides: the cache and the KL parts are then the same computation bit for bit.
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import torch
 
-from common.lm.loading import SMOLLM2_GGUF, LoadedLM, _keep_dequantized, load_lm
+from common.lm.gguf import _keep_dequantized
+from common.lm.loading import load_lm
+from common.lm.model import LoadedLM
+from common.registry import SMOLLM2_GGUF
 
 
 def test_a_stage_whose_windows_are_all_cached_never_loads_the_weights(tmp_path: Path, monkeypatch) -> None:

@@ -13,8 +13,12 @@ import torch
 import transformers
 
 from common.errors import UserError
-from common.lm.loading import PAPER_MODEL, SMOLLM2_GGUF, SMOLLM2_ID, TINY_MODEL, LoadedLM, load_lm, tiny_tokenizer_model
+from common.lm.gguf import SMOLLM2_ID
+from common.lm.loading import load_lm
+from common.lm.model import LoadedLM
+from common.lm.tiny import tiny_tokenizer_model
 from common.paths import WIKITEXT_FILES, shared_wikitext_dir
+from common.registry import PAPER_MODEL, SMOLLM2_GGUF, TINY_MODEL
 
 CPU = torch.device("cpu")
 

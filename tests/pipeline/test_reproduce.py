@@ -13,8 +13,7 @@ import pytest
 
 from common.reporting.report import lookup
 from reproduce import PIPELINE as STAGES
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
 
 
 def _run(out: Path, *extra: str) -> subprocess.CompletedProcess:
