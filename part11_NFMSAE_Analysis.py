@@ -14,20 +14,22 @@ from typing import Any
 
 import numpy as np
 
+from common.behavior.run import attribution, text_means
 from common.behavior.screens import active_in, screen_interaction, screen_oneway
 from common.behavior.stimuli import CELLS
+from common.behavior.texts import ranked, stimulus_set
 from common.config.stages import SelectionConfig
 from common.errors import UserError
 from common.models.loading import StageInput
+from common.paper import BANNERS
 from common.plots import plot_heatmap, plot_histograms
-from common.stages.behavior import attribution, finish, open_run, ranked, read_earlier, stimulus_set, text_means
+from common.stages.behavior import finish, open_run, read_earlier
 from common.stages.cli import run_cli
 from common.stages.opening import stage_config
 
 ANALYSIS = "selection"
 RANKINGS = {"interaction": "F", "omnibus": "F"}
-PAPER = ("paper (original sentences, 10 per cell): feature 4022, one-way F = 26.72, p = 2.85e-9 (df (3, 36)); "
-         "counterexample 1113, F = 0.022, p = 0.996")
+PAPER = BANNERS["selection"]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -12,18 +12,19 @@ from collections import Counter
 from typing import Any
 
 from common.behavior.pipeline import Clamp
+from common.behavior.run import greedy, top_examples
 from common.behavior.stimuli import load_stimuli
 from common.config.stages import MeaningConfig
 from common.data.activations import ActivationStream
 from common.data.text import WindowedText, resolve_text
 from common.errors import UserError
-from common.stages.behavior import finish, greedy, open_run, read_earlier, top_examples
+from common.paper import BANNERS
+from common.stages.behavior import finish, open_run, read_earlier
 from common.stages.cli import run_cli
 from common.stages.opening import stage_config
 
 ANALYSIS = "meaning"
-PAPER = ("paper: feature 4022 labelled \"that\" by an LLM reading its examples (the original's clamp never reached "
-         "the model)")
+PAPER = BANNERS["meaning"]
 
 
 def label(examples: list[tuple[float, int, int]], text: WindowedText, counts: Any, tokenizer) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from common.behavior.logit_test import WordGrid, active_features, deltas, summar
 from common.behavior.stimuli import CELLS, load_stimuli, single_token_words
 from common.config.stages import ClampConfig
 from common.errors import UserError
+from common.paper import BANNERS
 from common.plots import plot_grouped_bars, plot_histograms, plot_interaction_lines, plot_points_by_group
 from common.stages.behavior import finish, open_run, read_earlier
 from common.stages.cli import run_cli
@@ -30,11 +31,10 @@ ANALYSIS = "clamp"
 PRIMARY_VALUE = -4.0
 KEYS = ("by_word", "by_prompt", "pooled", "original_pseudo_interaction", "permutation_p", "holm_p", "null_percentile",
         "difference_of_differences", "mean_abs_dlogit", "greedy_tokens_changed")
-PAPER = ("paper: feature 4022 at m = -4, the original statistic F = 5.06, p = 0.027 (df (1, 78); 5.17 at m = 0, "
-         "4.38 at m = 4), a difference of differences of 7e-4 logits, uncorrected over 25 tests")
+PAPER = BANNERS["clamp"]
 
 
-def check(cfg: Any) -> None:
+def check(cfg: ClampConfig) -> None:
     if cfg.pathway != "none" and all(value == 1.0 for value in cfg.multipliers) and cfg.clamp_mode == "multiply":
         raise UserError("--multipliers needs a value other than 1: a multiplier of 1 changes nothing")
     if cfg.null_features < 0 or cfg.permutations < 1:

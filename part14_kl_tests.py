@@ -10,12 +10,12 @@ from common.config.stages import KL14Config
 from common.kl.conditions import SEQUENTIAL_CONDITIONS, sequential_conditions
 from common.models.loading import check_nfm_on_sae, load_nfm, load_sae
 from common.models.settings import original_settings, trained_settings
+from common.paper import BANNERS
 from common.stages.cli import run_cli
 from common.stages.kl import KLStage, check_kl_settings, run_kl_stage
 from common.stages.opening import stage_config
 
-PAPER = ("paper (original evaluation): SAE 2.99x ε-random, SAE + NFM 2.1x, a 29.8% KL reduction; "
-         "linear 29.8% (t = 806.3), interaction 0.9%; 17.8M measurements")
+PAPER = BANNERS["kl14"]
 
 
 def main(argv: list[str] | None = None) -> dict:

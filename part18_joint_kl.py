@@ -10,13 +10,12 @@ from common.config.stages import KL18Config
 from common.kl.conditions import JOINT_CONDITIONS, joint_conditions
 from common.models.loading import load_joint
 from common.models.settings import original_settings, trained_settings
+from common.paper import BANNERS
 from common.stages.cli import run_cli
 from common.stages.kl import KLStage, check_kl_settings, run_kl_stage
 from common.stages.opening import stage_config
 
-PAPER = ("paper (original evaluation): joint KL reduction 51.6% (headline); "
-         "components linear 50.9% / interaction 8.6% / "
-         "both 51.9% (t > 15.8); CE 25.7% / 4.2% / 26.2% (t > 10.3); 3.2M measurements")
+PAPER = BANNERS["kl18"]
 
 
 def main(argv: list[str] | None = None) -> dict:

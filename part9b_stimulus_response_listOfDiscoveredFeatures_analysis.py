@@ -14,17 +14,20 @@ from typing import Any
 
 import numpy as np
 
+from common.behavior.run import text_means
 from common.behavior.screens import active_in, screen_t
+from common.behavior.texts import ranked, stimulus_set
 from common.config.stages import DiscoveryConfig
 from common.errors import UserError
+from common.paper import BANNERS
 from common.plots import plot_grouped_bars
-from common.stages.behavior import finish, open_run, ranked, stimulus_set, text_means
+from common.stages.behavior import finish, open_run
 from common.stages.cli import run_cli
 from common.stages.opening import stage_config
 
 ANALYSIS = "discovery"
 FACTORS = {"formality": ("formal", "casual"), "emotion": ("high", "low")}
-PAPER = "paper (OpenLLaMA-3B, original sentences): 21781 for formality, 21607 for emotion (top |t|, no held-out test)"
+PAPER = BANNERS["discovery"]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -3,24 +3,23 @@
     python -m benchmarks.bench_joint_step [--device cpu|cuda] [--rounds 3] [--steps 3]
 
 Both sides run the whole step: forward, MSE, backward, gradient clip at 1.0, Adam.
-Ours is ``common.training.trainer.Trainer.train_step`` on ``common.models.joint.JointSAENFM`` with the device's defaults (METHOD §9): one
-tied F × d SAE matrix, fp32 weights and Adam state, fused Adam, and on the CPU the gather (embedding-bag) decode in
-fp32, on CUDA the dense decode under bf16 autocast.
-The original's step: an encoder ``Linear(d, F)`` whose weight is assigned a view of the decoder ``Linear(F, d)``'s
-(two parameters on one storage, two Adam updates), the top-K codes scattered into a dense (B, F) matrix and decoded by
-matmul, the NFM's linear term a dense ``Linear(F, d)`` over all F, PyTorch's default Adam; on CUDA the model and the
-data in pure fp16, as the original ran. Its interaction term materialized a (B, F, k) tensor, which does not fit at
-these shapes, so the baseline uses the strongest dense formulation of it (``benchmarks.bench_nfm.DenseNFM``).
+Ours is ``common.training.trainer.Trainer.train_step`` on ``common.models.joint.JointSAENFM`` with the device's defaults
+(METHOD §9): one tied F × d SAE matrix, fp32 weights and Adam state, fused Adam, and on the CPU the gather
+(embedding-bag) decode in fp32, on CUDA the dense decode under bf16 autocast. The original's step: an encoder
+``Linear(d, F)`` whose weight is assigned a view of the decoder ``Linear(F, d)``'s (two parameters on one storage, two
+Adam updates), the top-K codes scattered into a dense (B, F) matrix and decoded by matmul, the NFM's linear term a dense
+``Linear(F, d)`` over all F, PyTorch's default Adam; on CUDA the model and the data in pure fp16, as the original ran.
+Its interaction term materialized a (B, F, k) tensor, which does not fit at these shapes, so the baseline uses the
+strongest dense formulation of it (``benchmarks.bench_nfm.DenseNFM``).
 
 Each model with its Adam state is about 8 GB, so only one lives at a time: rounds alternate between the two, each
 builds its model, runs one warm-up step (Adam's state is allocated there) and times ``--steps`` steps. Printed: the
 median wall and CPU seconds per step of each and their ratios. Not run by CI; asserts nothing.
 
-Run through ``common.stages.cli.run_cli`` as the numbered scripts are, so both sides get its huge pages for PyTorch's CPU
-buffers (``THP_MEM_ALLOC_ENABLE``; ``=0`` in the environment turns them off). On a shared CPU ``OMP_WAIT_POLICY``
-moves both sides too and must be set before Python starts: with other jobs on the cores, OpenMP's spinning threads
-stall every parallel region (a 131k-element sort took 180-280 ms instead of 2.5 ms with ``PASSIVE``). The header
-prints both.
+Run through ``common.stages.cli.run_cli`` as the numbered scripts are, so both sides get its huge pages for PyTorch's
+CPU buffers (``THP_MEM_ALLOC_ENABLE``; ``=0`` in the environment turns them off). On a shared CPU ``OMP_WAIT_POLICY``
+moves both sides too and must be set before Python starts: with other jobs on the cores, OpenMP's spinning threads stall
+every parallel region (a 131k-element sort took 180-280 ms instead of 2.5 ms with ``PASSIVE``). The header prints both.
 """
 from __future__ import annotations
 

@@ -4,8 +4,8 @@
 
 Both sides start from the same (B, N) codes with exactly N non-zeros per row. The dense side is a plain
 ``Linear(F, d)`` on the scattered (B, F) matrix with the interaction as ``(f@E)² − (f²)@(E²)``, in fp32; ours is
-``common.models.nfm.NFM`` with the decode path(s) METHOD §9 picks for the device. Reported: forward+backward, and the whole
-training step with fused Adam, as medians of alternated repeats after warm-up. Not run by CI; asserts nothing.
+``common.models.nfm.NFM`` with the decode path(s) METHOD §9 picks for the device. Reported: forward+backward, and the
+whole training step with fused Adam, as medians of alternated repeats after warm-up. Not run by CI; asserts nothing.
 """
 from __future__ import annotations
 

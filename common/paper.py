@@ -110,3 +110,34 @@ def value(key: str) -> float:
     if number is None:
         raise KeyError(f"the paper gives no single number for {key}")
     return number
+
+
+def _t(key: str) -> str:
+    return PAPER[key].text
+
+
+# Each stage's line under its printed table: the paper's figures for that table, read from PAPER.
+BANNERS: dict[str, str] = {
+    "kl14": (f"paper (original evaluation): SAE {_t('kl14.sae_ratio')} ε-random, SAE + NFM {_t('kl14.sae_nfm_ratio')}, "
+             f"a {_t('kl14.kl_reduction')} KL reduction; linear {_t('kl14.kl_reduction')} ({_t('kl14.linear_t')}), "
+             f"interaction {_t('kl14.interaction_reduction')}; {_t('kl14.measurements')} measurements"),
+    "kl18": (f"paper (original evaluation): joint KL reduction {_t('kl18.headline_reduction')} (headline); components "
+             f"linear {_t('kl18.linear_reduction')} / interaction {_t('kl18.interaction_reduction')} / both "
+             f"{PAPER['kl18.full_reduction'].value:.1%} ({_t('kl18.kl_t')}); CE {_t('kl18.ce_linear_reduction')} / "
+             f"{_t('kl18.ce_interaction_reduction')} / {_t('kl18.ce_full_reduction')} ({_t('kl18.ce_t')}); "
+             f"{_t('kl18.measurements')} measurements"),
+    "ortho": (f"paper (F=50,000, d=3,200): {_t('ortho.components_standalone')} / {_t('ortho.components_joint')} PCA "
+              f"components for 90% (original definition); mean |cos| {_t('ortho.cosine_standalone')} / "
+              f"{_t('ortho.cosine_joint')}, what random directions give; squared norms unimodal (mean ~0.395) "
+              "standalone, bimodal joint"),
+    "discovery": (f"paper (OpenLLaMA-3B, original sentences): {PAPER['discovery.formality'].value:.0f} for formality, "
+                  f"{PAPER['discovery.emotion'].value:.0f} for emotion (top |t|, no held-out test)"),
+    "selection": (f"paper (original sentences, 10 per cell): feature 4022, one-way F = {PAPER['selection.F'].value}, "
+                  f"p = {_t('selection.p')} (df (3, 36)); counterexample 1113, F = "
+                  f"{PAPER['selection.counterexample_F'].value}, p = {_t('selection.counterexample_p')}"),
+    "meaning": "paper: feature 4022 labelled \"that\" by an LLM reading its examples (the original's clamp never "
+               "reached the model)",
+    "clamp": (f"paper: feature 4022 at m = -4, the original statistic F = {_t('clamp.F_m-4')}, p = "
+              f"{PAPER['clamp.significant'].value} (df (1, 78); {_t('clamp.F_m0')} at m = 0, {_t('clamp.F_m4')} at "
+              f"m = 4), a difference of differences of {_t('clamp.dod_m-4')} logits, uncorrected over 25 tests"),
+}

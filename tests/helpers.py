@@ -33,4 +33,5 @@ def assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, rel: float, n
     actual, expected = actual.double(), expected.double()
     err = (actual - expected).abs().max().item()
     scale = expected.abs().max().item()
-    assert err <= rel * scale, f"{name}: max error {err:.3g} vs scale {scale:.3g} (rel {err / max(scale, 1e-300):.3g} > {rel})"
+    relative = err / max(scale, 1e-300)
+    assert err <= rel * scale, f"{name}: max error {err:.3g} vs scale {scale:.3g} (rel {relative:.3g} > {rel})"

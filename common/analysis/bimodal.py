@@ -14,6 +14,7 @@ from common.analysis.decoders import (
 )
 from common.errors import UserError
 from common.models.joint import JointSAENFM
+from common.paper import value as paper_value
 from common.plots import plot_box_by_group, plot_histograms, plot_scatter
 from common.stats import describe, pathway_shares, spearman, two_sample_tests
 
@@ -28,8 +29,7 @@ SHARE_LABELS = {
     "residual": "residual (decoder column)",
 }
 # Share below the split, share above it, Spearman r of the squared norm with the share.
-PAPER = {"interaction": (0.828, 0.713, -0.987), "linear": (0.331, 0.290, -0.866),
-         "nonlinear": (0.497, 0.423, -0.922), "residual": (0.172, 0.287, 0.987)}
+PAPER = {share: tuple(paper_value(f"bimodal.{share}_{part}") for part in ("low", "high", "r")) for share in SHARES}
 SHARE_DEFINITION = ("per feature i: ||D_i||, ||W_lin_i|| and ||V_i|| "
                     "(decoder column, NFM linear column, embedding row), "
                     "each divided by their sum; group figures are means of these per-feature shares")

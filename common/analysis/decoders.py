@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
+from common.config.fields import Config
 from common.errors import UserError
 from common.models.loading import StageInput, load_sae
 from common.store.fingerprints import git_commit
@@ -96,7 +97,7 @@ def moved_summary(squared_norms: np.ndarray, band: dict[str, Any]) -> dict[str, 
             "near_init_count": near, "near_init_fraction": near / n if n else None}
 
 
-def run_record(cfg: Any, analysis: str) -> dict[str, Any]:
+def run_record(cfg: Config, analysis: str) -> dict[str, Any]:
     return {"analysis": analysis, "config": dataclasses.asdict(cfg), "git_commit": git_commit()}
 
 

@@ -16,6 +16,7 @@ from common.analysis.decoders import (
 )
 from common.analysis.geometry import VARIANCE_TARGET, gram_offdiag_stats, pca_exact, pca_original, squared_norms
 from common.config.stages import OrthoConfig
+from common.paper import BANNERS
 from common.plots import plot_binned_histograms, plot_cumulative_variance, plot_histogram_panels
 from common.runtime.regimes import resolve_device
 from common.stats import bimodality
@@ -24,8 +25,7 @@ log = logging.getLogger("part16")
 
 ANALYSIS = "orthogonality"
 MIN_FEATURES = 4  # Sarle's coefficient divides by (n-2)(n-3)
-PAPER = ("paper (F=50,000, d=3,200): 866 / 863 PCA components for 90% (original definition); mean |cos| 0.0147 / "
-         "0.0148, what random directions give; squared norms unimodal (mean ~0.395) standalone, bimodal joint")
+PAPER = BANNERS["ortho"]
 
 
 def random_mean_abs_cosine(d_model: int) -> float:

@@ -10,10 +10,10 @@ import numpy as np
 import torch
 
 from common.behavior.pipeline import Clamp
+from common.behavior.run import BehaviorRun, greedy, last_position_logits, token_ids
 from common.behavior.statistics import by_word, difference_of_differences, holm, logit_2x2, null_percentile
 from common.behavior.stimuli import CELLS
 from common.lm.hooks import capture_layer
-from common.stages.behavior import BehaviorRun, greedy, last_position_logits, token_ids
 
 
 def value_key(value: float) -> str:

@@ -2,8 +2,8 @@
 
 The file holds the 2×2 of formality (formal vs casual register) × emotion (high vs low intensity) three times over:
 two sentence sets (``discovery`` for part9b, ``selection`` for part11), the paper's target words (part13), which are
-the design and are used unchanged, and the five neutral logit prompts. ``common/behavior/stimuli.json`` is the shipped set,
-written for this project because the original's sentences were confounded by length and by function words;
+the design and are used unchanged, and the five neutral logit prompts. ``common/behavior/stimuli.json`` is the shipped
+set, written for this project because the original's sentences were confounded by length and by function words;
 ``--stimuli PATH`` reads any file of the same shape (a user's copy of the original's, say), so everything a script
 relies on is checked here and a bad file stops with one line instead of a traceback deep in a statistic.
 """

@@ -54,8 +54,9 @@ class TrainConfig:
     grad_clip: float = opt(1.0, "clip the gradient norm to this")
     train_steps: int | None = opt(500_000, "planned steps (the schedule decays over 80%% of them)")
     stop_at_step: int | None = opt(None, "stop here, before the planned steps end")
-    schedule: Schedule = opt("paper", "paper: linear decay over --decay_fraction of the planned steps, then flat; original: "
-                                 "decay over --original_decay_steps (the original's wrong step estimate)")
+    schedule: Schedule = opt("paper", "paper: linear decay over --decay_fraction of the planned steps, then flat; "
+                                      "original: decay over --original_decay_steps (the original's wrong step "
+                                      "estimate)")
     decay_fraction: float = opt(0.8, "fraction of the planned steps the learning rate decays over (--schedule paper)")
     final_lr_fraction: float = opt(0.1, "the learning rate ends at this fraction of --lr")
     original_decay_steps: int | None = opt(None, "decay length of --schedule original")
@@ -162,17 +163,21 @@ class BehaviorConfig(RunConfig, LMConfig, OverwriteConfig, SAE1Input, NFMInput):
     stimuli: str | None = opt(None, "stimulus file in the format of common/behavior/stimuli.json (default: that file)",
                               input="file")
     sentences_per_cell: int | None = opt(None, "use the first N sentences of each cell (default: all)")
-    split: StimulusSplit = opt("even_odd", "even_odd: select on the even-numbered texts of each cell and report on the odd "
-                                 "ones; none: select and report on all texts")
+    split: StimulusSplit = opt("even_odd", "even_odd: select on the even-numbered texts of each cell and report on the "
+                                           "odd ones; none: select and report on all texts")
     top_n: int = opt(10, "features kept in each ranked table")
     min_active_texts: int = opt(5, "a feature must be active in at least this many texts to be ranked")
 
 
 @dataclass
 class ClampSettings:
-    patch: Patch | None = opt(None, "delta (default: add only what the clamp changes, so a multiplier of 1 is the clean "
-                                  "model) or replace (the original's; the default under --original_eval)")
+    patch: Patch | None = opt(None, "delta (default: add only what the clamp changes, so a multiplier of 1 is the "
+                                    "clean model) or replace (the original's; the default under --original_eval)")
     clamp_mode: ClampMode = opt("multiply", "multiply: the code times each value; set: the code set to each value")
     multipliers: list[float] = opt([-4.0, 0.0, 4.0], "clamp values (the original's m in {-4, 0, 4})", nargs="+",
                                    type=float)
     generation_tokens: int = opt(50, "tokens of each greedy generation")
+
+
+# The configs of the stages that open the LM (common.stages.opening).
+LMStageConfig = TrainedStageConfig | KLConfig | BehaviorConfig

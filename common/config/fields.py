@@ -7,9 +7,15 @@ import functools
 import types
 import typing
 from dataclasses import field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 from common.errors import UserError
+
+
+class Config(Protocol):
+    """Any stage's config: a dataclass of fields declared with ``opt``."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
 
 
 def opt(default: Any, help: str, aliases: tuple[str, ...] = (), **extra: Any) -> Any:
@@ -55,7 +61,7 @@ class Checked:
                 raise UserError(f"--{name} must be one of {', '.join(map(str, allowed))}, got {value!r}")
 
 
-def input_paths(cfg: Any) -> list[tuple[str, str, str]]:
+def input_paths(cfg: Config) -> list[tuple[str, str, str]]:
     """(flag, path, "dir" or "file") of every input the config names: the paths an output must keep apart from."""
     found = []
     for f in dataclasses.fields(cfg):

@@ -139,7 +139,8 @@ class MeaningConfig(BehaviorConfig, SecondaryInput, ClampSettings):
     batch_size: int = opt(32, "windows per LM forward")
     examples: int = opt(20, "top-activating examples kept per feature")
     chunk_tokens: int = opt(10, "tokens of each example, ending at the max-activating token")
-    interpreter: Interpreter = opt("none", "none: the token most often at the max-activating position, its share and lift")
+    interpreter: Interpreter = opt("none", "none: the token most often at the max-activating position, its share and "
+                                           "lift")
 
 
 @dataclass
@@ -150,8 +151,8 @@ class ClampConfig(BehaviorConfig, SecondaryInput, ClampSettings):
                                     "scaling the primary features that feed the target most; none: no clamp")
     null_features: int = opt(200, "random secondary features active on the prompts, for the empirical null")
     permutations: int = opt(10_000, "word-label permutations of the by-word interaction F")
-    word_list: WordList = opt("design", "design: the design's 4 x 8 target words; tiny: the stimulus file's single-token "
-                                   "words of the tiny model's vocabulary")
+    word_list: WordList = opt("design", "design: the design's 4 x 8 target words; tiny: the stimulus file's "
+                                        "single-token words of the tiny model's vocabulary")
     lm_fp32: bool = opt(True, "run the LM in fp32 (the effects are about 1e-4 logits)")
 
 

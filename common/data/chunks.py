@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import Tensor
 
+from common.config.stages import JointConfig, NFMConfig
 from common.data.activations import ActivationStream
 from common.data.batches import ChunkedBatches
 from common.data.text import is_validation_window
@@ -18,7 +18,7 @@ from common.errors import UserError
 log = logging.getLogger(__name__)
 
 
-def check_streaming_settings(cfg: Any) -> None:
+def check_streaming_settings(cfg: NFMConfig | JointConfig) -> None:
     """The settings stages 2 and 5 share: chunks of whole windows, a positive NFM width, epochs and batch."""
     if cfg.chunk_tokens < cfg.window:
         raise UserError(f"--chunk_tokens {cfg.chunk_tokens} is less than one --window of {cfg.window} tokens")
@@ -83,7 +83,7 @@ class StreamedChunks:
         log.info("chunk %d/%d: %d training rows", chunk + 1, self.plan.num_chunks, rows.shape[0])
         return tensors
 
-    def batches(self, cfg: Any, device: torch.device) -> ChunkedBatches:
+    def batches(self, cfg: NFMConfig | JointConfig, device: torch.device) -> ChunkedBatches:
         return ChunkedBatches(self.load, self.plan.rows_in_chunk, self.plan.num_chunks, cfg.epochs_per_chunk,
                               cfg.batch_size, cfg.seed, device)
 

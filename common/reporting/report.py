@@ -11,7 +11,8 @@ import torch
 from common.errors import UserError
 from common.paper import text as paper_text
 from common.registry import stage_of
-from common.reporting.rows import BEHAVIOR_ROWS, ROWS, Row
+from common.reporting.rows import ROWS, Row
+from common.reporting.rows_behavior import BEHAVIOR_ROWS
 from common.stages.pipeline import PIPELINE
 from common.store.reads import load_json
 from common.store.savers import atomic_save_json, atomic_save_text
@@ -43,6 +44,15 @@ def lookup(outputs: dict[str, Any], source: str) -> Any:
     return value
 
 
+def lookup_optional(outputs: dict[str, Any], source: str) -> Any:
+    """``lookup``, or None where the stage's file does not hold the key (a directory written before the key existed,
+    as the confidence intervals of issue-29 directories)."""
+    try:
+        return lookup(outputs, source) if source.split(":", 1)[0] in outputs else None
+    except UserError:
+        return None
+
+
 def paper_figure(row: Row) -> str:
     """The paper's figure a row shows: its entry in common.paper, a literal in quotes, or "—"."""
     if row.paper.startswith('"'):
@@ -60,9 +70,13 @@ def evaluate_rows(outputs: dict[str, Any]) -> list[dict[str, Any]]:
     for row in ROWS + BEHAVIOR_ROWS:
         entry = {"section": section_of(row), "name": row.name, "paper": paper_figure(row), "source": row.source,
                  "value": lookup(outputs, row.source), "kind": row.kind, "rule": row.rule.text if row.rule else ""}
+        if row.ci:
+            entry["ci_source"], entry["ci"] = row.ci, lookup_optional(outputs, row.ci)
         if row.original:
             entry["original_source"] = original_source(row.source)
             entry["original_value"] = lookup(outputs, entry["original_source"])
+            if row.ci:
+                entry["original_ci"] = lookup_optional(outputs, original_source(row.ci))
         if row.rule:
             entry["holds"] = bool(row.rule.check(entry["value"], lambda source: lookup(outputs, source)))
             if row.original:
@@ -178,12 +192,14 @@ def _markdown(header: dict, table: list[dict], out_dir: Path) -> str:
               "\"this run\" evaluates every model as it was trained; "
               "\"original eval\" is `--original_eval` (METHOD §4).",
               "\"holds\" applies the written rule to this run's value "
-              "(and to the original evaluation where there is one).", ""]
+              "(and to the original evaluation where there is one).",
+              "\"CI\" is the value's confidence interval at the level its rule needs (95% where the row has no rule), "
+              "\"—\" where the stage's files hold none; the original evaluation's follows its value in brackets.", ""]
     shown: set[str] = set()
     sections = list(dict.fromkeys(row["section"] for row in table))
     for section in sections:
         lines += ["", f"## {section}", "",
-                  "| figure | paper | this run | original eval | rule | holds | source |",
+                  "| figure | paper | this run | CI | original eval | rule | holds | source |",
                   "|---|---|---|---|---|---|---|"]
         stages = []
         for row in (row for row in table if row["section"] == section):
@@ -199,12 +215,22 @@ def _markdown(header: dict, table: list[dict], out_dir: Path) -> str:
 
 
 def _markdown_row(row: dict[str, Any]) -> str:
-    original = format_value(row["original_value"], row["kind"]) if "original_value" in row else ""
+    kind = row["kind"]
+    original = format_value(row["original_value"], kind) if "original_value" in row else ""
+    if row.get("original_ci"):
+        original += f" {format_ci(row['original_ci'], kind)}"
+    ci = format_ci(row["ci"], kind, level=True) if row.get("ci") else ("—" if "ci_source" in row else "")
     holds = "" if "holds" not in row else ("yes" if row["holds"] else "**no**")
     if "holds_original" in row:
         holds += f" / {'yes' if row['holds_original'] else '**no**'}"
-    return (f"| {row['name'].replace('|', chr(92) + '|')} | {row['paper']} | {format_value(row['value'], row['kind'])} "
-            f"| {original} | {row['rule']} | {holds} | `{row['source']}` |")
+    return (f"| {row['name'].replace('|', chr(92) + '|')} | {row['paper']} | {format_value(row['value'], kind)} "
+            f"| {ci} | {original} | {row['rule']} | {holds} | `{row['source']}` |")
+
+
+def format_ci(ci: dict[str, Any], kind: str, level: bool = False) -> str:
+    """``[low, high]``, with its level (``95%``) where asked."""
+    text = f"[{format_value(ci['low'], kind)}, {format_value(ci['high'], kind)}]"
+    return f"{text} {100 * ci['level']:.0f}%" if level else text
 
 
 def _figures(out_dir: Path, stages: list[str]) -> list[str]:

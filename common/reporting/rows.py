@@ -11,14 +11,11 @@ from common.reporting.rules import (
     above_source,
     below,
     below_source,
-    equals,
     is_false,
     is_true,
     paired_above,
     ratio_within,
-    same_sign,
     sign_with_p,
-    source_below,
     within,
     within_fraction_of,
 )
@@ -33,6 +30,7 @@ class Row:
     rule: Rule | None = None
     original: bool = False  # the same key of the stage's _original run, where the KL or behavioral stage ran both
     section: str | None = None  # default: the stage's section in common.registry
+    ci: str | None = None  # "stage:key.path" of the value's confidence interval {"low", "high", "level"}
 
     @property
     def stage(self) -> str:
@@ -73,7 +71,8 @@ ROWS: list[Row] = [
     Row("joint:joint_mse", "joint reconstruction MSE (held out)", "joint.joint_mse", "num"),
     Row("joint:sae_part_mse", "its own SAE path alone, MSE", "joint.sae_part_mse", "num"),
     Row("joint:improvement", "improvement over its own SAE path", "joint.improvement",
-        rule=above_source("nfm:error_reduction_val", "joint improvement > sequential improvement (stage 2, validation)")),
+        rule=above_source("nfm:error_reduction_val",
+                          "joint improvement > sequential improvement (stage 2, validation)")),
     Row("joint:improvement_vs_standalone", "improvement over the standalone stage-1 SAE", rule=above(0, "> 0")),
     Row("joint:linear_share", "linear share of mean |output|", "joint.linear_share",
         rule=above_source("joint:interaction_share", "linear > interaction")),
@@ -131,7 +130,8 @@ ROWS: list[Row] = [
         "num", section=SQUARED_NORMS),
     Row(ORTHO.format("joint.bimodality.two_component.means.1"), "joint mixture: high mode mean",
         "ortho.joint_high_mode", "num", section=SQUARED_NORMS),
-    *[Row(f"bimodal:shares.{share}.mean_{side}", f"{share} share, squared norm {'< split' if side == 'low' else '≥ split'}",
+    *[Row(f"bimodal:shares.{share}.mean_{side}",
+          f"{share} share, squared norm {'< split' if side == 'low' else '≥ split'}",
           f"bimodal.{share}_{side}",
           rule=None if side == "low" else sign_with_p(f"bimodal:shares.{share}.student", share != "residual",
                                                       f"low {'>' if share != 'residual' else '<'} high with Student "
@@ -142,56 +142,4 @@ ROWS: list[Row] = [
           sign_with_p(f"bimodal:spearman_vs_squared_norm.{share}", share == "residual",
                       f"{'positive' if share == 'residual' else 'negative'} with p < 0.01", statistic="r"))
       for share, _ in SHARE_PAPER],
-]
-
-_FOUND, _CHOSEN = "discovery", "selection"
-_TOP, _VALUE = "ranked.interaction.0", "target_by_value"
-_DESIGN_STATS = (("-4", "F_m-4", "dod_m-4"), ("0", "F_m0", "dod_m0"), ("4", "F_m4", "dod_m4"))
-
-BEHAVIOR_ROWS: list[Row] = [
-    Row("sparsity:embeddings.most_unequal.0.gini", "most unequal embedding row: Gini", "sparsity.gini", "num"),
-    Row("sparsity:embeddings.most_unequal.0.effective_rank", "its entropy effective rank", "sparsity.effective_rank",
-        "num"),
-    Row("sparsity:embeddings.means.gini", "mean Gini of the embedding rows", "", "num",
-        above_source("sparsity:embeddings.untrained_reference.mean", "above an untrained row's")),
-    Row("sparsity:embeddings.untrained_reference.mean", "untrained |N(0, σ)| rows: Gini", '"≈0.414 (√2 − 1)"', "num"),
-    *[row for factor in ("formality", "emotion") for row in (
-        Row(f"{_FOUND}:{factor}.top.0.t", f"{factor}: top primary feature's t", f"discovery.{factor}", "num",
-            original=True),
-        Row(f"{_FOUND}:{factor}.top.0.t_heldout", f"{factor}: its t on the held-out texts", '"— (not held out)"',
-            "num", same_sign(f"{_FOUND}:{factor}.top.0.t", "same sign as on the selecting texts"), original=True))],
-    Row(f"{_CHOSEN}:by_omnibus_all_texts.F", "top feature by the one-way F over the cells: F", "selection.F", "num",
-        original=True),
-    Row(f"{_CHOSEN}:by_omnibus_all_texts.p", "top feature by the one-way F over the cells: p", "selection.p", "num",
-        original=True),
-    Row(f"{_CHOSEN}:{_TOP}.F", "top feature by the interaction F: F (selecting texts)", "", "num", original=True),
-    Row(f"{_CHOSEN}:{_TOP}.q_all", "its BH q over all features", "", "num", below(0.05, "< 0.05"), original=True),
-    Row(f"{_CHOSEN}:{_TOP}.F_heldout", "its interaction F on the held-out texts", "", "num",
-        source_below(f"{_CHOSEN}:{_TOP}.p_heldout", 0.05, "held-out p < 0.05"), original=True),
-    Row(f"{_CHOSEN}:counterexamples.0.F", "counterexample (lowest one-way F): F", "selection.counterexample_F", "num",
-        original=True),
-    Row(f"{_CHOSEN}:counterexamples.0.p", "counterexample: p", "selection.counterexample_p", "num", original=True),
-    *[row for m, f_key, dod_key in _DESIGN_STATS for row in (
-        Row(f"clamp:{_VALUE}.{m}.original_pseudo_interaction.F", f"m = {m}: the original statistic F (df 1, 78)",
-            f"clamp.{f_key}", "num", original=True),
-        Row(f"clamp:{_VALUE}.{m}.by_word.p", f"m = {m}: by-word interaction p", "", "num", original=True),
-        Row(f"clamp:{_VALUE}.{m}.holm_p", f"m = {m}: Holm p over every feature × multiplier", '"— (uncorrected)"',
-            "num", original=True),
-        Row(f"clamp:{_VALUE}.{m}.difference_of_differences", f"m = {m}: difference of differences (logits)",
-            f"clamp.{dod_key}", "num", original=True))],
-    Row("clamp:by_prompt.p", "m = -4: by-prompt (repeated-measures) p", "", "num", original=True),
-    Row("clamp:permutation_p", "m = -4: word-label permutation p", "", "num", original=True),
-    Row("clamp:null_percentile.percentile", "m = -4: percentile of the by-word F among random features", "", "num",
-        original=True),
-    Row("clamp:by_word.formality.mean_diff", "m = -4: formality main effect (logits)", "", "num", original=True),
-    Row("clamp:by_word.emotion.mean_diff", "m = -4: emotion main effect (logits)", "", "num", original=True),
-    Row("clamp:greedy_tokens_changed", "m = -4: greedy tokens changed", '"— (read by eye)"', "pct", original=True),
-    Row("clamp:holm_p", "the interaction is significant (by-word Holm p)", "clamp.significant", "num",
-        Rule("Holm p < 0.05 and the by-word F above 95% of random features'",
-             lambda v, read: v < 0.05 and read("clamp:null_percentile.percentile") >= 95), original=True),
-    Row("clamp:identity_max_abs_dlogit", "identity: max |Δlogit| at m = 1", "", "num",
-        equals(0, "exactly 0 (the delta patch leaves the model alone)"), original=True),
-    Row("clamp_linear:mean_abs_dlogit", "linear control, m = -4: mean |Δlogit|", "clamp.linear_control", "num",
-        above(0, "> 0 (its 'no interaction' counts only after a change)")),
-    Row("clamp_linear:by_word.F", "linear control, m = -4: by-word interaction F", "", "num"),
 ]

@@ -32,8 +32,10 @@ STAGE1 = [Figure("stage 1 variance explained", "sae1.variance_explained", "sae1:
           Figure("stage 1 dead features", "sae1.dead_fraction", "sae1:dead_fraction")]
 NEAR_INIT = [Figure(f"{sae} features within {NEAR_INIT_TOLERANCE:.0%} of their initial squared norm", "",
                     f"ortho:saes.{sae}.moved_from_init.near_init_fraction") for sae in ("standalone", "joint")]
-VERDICTS = [Figure("standalone SAE bimodal (mixture rule)", "ortho.standalone_bimodal", "ortho:saes.standalone.bimodality.bimodal", "bool"),
-            Figure("joint SAE bimodal (mixture rule)", "ortho.joint_bimodal", "ortho:saes.joint.bimodality.bimodal", "bool")]
+VERDICTS = [Figure("standalone SAE bimodal (mixture rule)", "ortho.standalone_bimodal",
+                   "ortho:saes.standalone.bimodality.bimodal", "bool"),
+            Figure("joint SAE bimodal (mixture rule)", "ortho.joint_bimodal", "ortho:saes.joint.bimodality.bimodal",
+                   "bool")]
 
 
 def regime(runs: Runs) -> dict[str, Any]:
@@ -50,7 +52,8 @@ def regime(runs: Runs) -> dict[str, Any]:
         "not run" if seq16 is None else
         f"In the fp16 regime the sequential reduction is {pct(seq16)} (fp32 {pct(seq32)}, paper "
         f"{paper_text('nfm.error_reduction_val')}: {closer(seq16, seq32, paper_value('nfm.error_reduction_val'))} the "
-        f"paper) and the joint improvement {pct(joint16)} (fp32 {pct(joint32)}, paper {paper_text('joint.improvement')}: "
+        f"paper) and the joint improvement {pct(joint16)} (fp32 {pct(joint32)}, paper "
+        f"{paper_text('joint.improvement')}: "
         f"{closer(joint16, joint32, paper_value('joint.improvement'))} the paper); the joint SAE's squared norms are "
         f"{'bimodal' if bimodal32 else 'not bimodal'} in fp32 and {'bimodal' if bimodal16 else 'not bimodal'} "
         "in fp16 by the mixture rule.")
@@ -62,9 +65,10 @@ def inference_k(runs: Runs) -> dict[str, Any]:
     label = "K {sae_k}, top-N {top_n_features}"
     section = table(runs, [Column(f"paper's recipe: {label.format(**main)}" if main else "main", "main"),
                            Column(f"trained K: {label.format(**trained)}" if trained else "trained K", "trained_k")], [
-        Figure("residual MSE before the NFM (the SAE's error), validation", "nfm.residual_mse_before_val", "nfm:residual_mse_before_val",
+        Figure("residual MSE before the NFM (the SAE's error), validation", "nfm.residual_mse_before_val",
+               "nfm:residual_mse_before_val", "num"),
+        Figure("residual MSE after the NFM, validation", "nfm.residual_mse_after_val", "nfm:residual_mse_after_val",
                "num"),
-        Figure("residual MSE after the NFM, validation", "nfm.residual_mse_after_val", "nfm:residual_mse_after_val", "num"),
         Figure("residual error reduction, validation", "nfm.error_reduction_val", "nfm:error_reduction_val"),
         Figure("residual error reduction, train", "nfm.error_reduction_train", "nfm:error_reduction_train"),
         Figure("linear share of mean |output|", "nfm.linear_share", "nfm:linear_share"),
@@ -95,7 +99,8 @@ def pathology(runs: Runs) -> dict[str, Any]:
         Figure("SAE KL / ε-random KL", "kl14.sae_ratio", "kl14:conditions.sae.kl_ratio_eps_random", "num"),
         Figure("paired t, SAE KL − ε-random KL", "", f"{paired}.t", "num"),
         Figure("paired p", "", f"{paired}.p", "num"),
-        Figure("SAE + NFM KL / ε-random KL", "kl14.sae_nfm_ratio", "kl14:conditions.sae_nfm.kl_ratio_eps_random", "num")])
+        Figure("SAE + NFM KL / ε-random KL", "kl14.sae_nfm_ratio", "kl14:conditions.sae_nfm.kl_ratio_eps_random",
+               "num")])
     ratios = [cell["value"] for cell in section["rows"][0]["cells"]]
     t_values = [cell["value"] for cell in section["rows"][1]["cells"]]
     p_values = [cell["value"] for cell in section["rows"][2]["cells"]]
@@ -123,7 +128,8 @@ def length(runs: Runs) -> dict[str, Any]:
     verdicts = [cell(section, "standalone SAE bimodal (mixture rule)", i) for i in (0, 1)]
     section["finding"] = (
         "not run" if dead_long is None else
-        f"Three times the training moves the dead fraction from {pct(dead)} to {pct(dead_long)} (paper {paper_text('sae1.dead_fraction')}) and the "
+        f"Three times the training moves the dead fraction from {pct(dead)} to {pct(dead_long)} "
+        f"(paper {paper_text('sae1.dead_fraction')}) and the "
         f"standalone features still near their initial norm from {pct(spike)} to {pct(spike_long)}; the standalone "
         f"SAE is {'bimodal' if verdicts[0] else 'unimodal'} → {'bimodal' if verdicts[1] else 'unimodal'} by the "
         "mixture rule (paper: unimodal).")
@@ -149,7 +155,8 @@ def seeds(runs: Runs) -> dict[str, Any]:
         values = [lookup(runs.outputs(v), row.source) for v in done]
         holds = [_holds(row, runs.outputs(v)) for v in done]
         numeric = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        out.append({"name": f"{section_of(row)}: {row.name}", "paper": paper_figure(row), "kind": row.kind, "source": row.source,
+        out.append({"name": f"{section_of(row)}: {row.name}", "paper": paper_figure(row), "kind": row.kind,
+                    "source": row.source,
                     "values": values, "mean": statistics.fmean(numeric) if len(numeric) == len(values) else None,
                     "sd": statistics.stdev(numeric) if len(numeric) == len(values) > 1 else None,
                     "rule": row.rule.text if row.rule else "", "holds": holds,

@@ -23,7 +23,8 @@ def write_study(study_dir: Path, main_dir: Path, preset: str, command: str, comm
         raise UserError(f"{main_dir}: no finished stage 1 there: the study compares against a main run")
     study = {"preset": preset, "date": datetime.date.today().isoformat(), "git_commit": commit, "command": command,
              "main_run": str(main_dir), "study_dir": str(study_dir),
-             "questions": {name: {"title": question.title, **question.build(runs)} for name, question in QUESTIONS.items()}}
+             "questions": {name: {"title": question.title, **question.build(runs)}
+                           for name, question in QUESTIONS.items()}}
     atomic_save_json(study, study_dir / STUDY_FILE)
     path = study_dir / STUDY_MD
     atomic_save_text(markdown(study), path)

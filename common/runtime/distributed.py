@@ -1,7 +1,7 @@
 """Data parallelism under torchrun (METHOD §9): the refusal of a stage that does not split (which do, and how, is
-``common.registry``'s), each rank's share, and the few collectives they need (gloo on the CPU, NCCL on CUDA). torchrun starts the processes and sets ``RANK``,
-``WORLD_SIZE`` and ``LOCAL_RANK``; a plain ``python script.py`` is a world of one and never touches
-``torch.distributed``."""
+``common.registry``'s), each rank's share, and the few collectives they need (gloo on the CPU, NCCL on CUDA). torchrun
+starts the processes and sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; a plain ``python script.py`` is a world of
+one and never touches ``torch.distributed``."""
 from __future__ import annotations
 
 import atexit

@@ -11,7 +11,8 @@ from typing import Any, Protocol, TypeVar
 
 import torch
 
-from common.config.fields import input_paths
+from common.config.concepts import KLConfig, LMStageConfig, TrainedStageConfig
+from common.config.fields import Config, input_paths
 from common.config.parse import parse_config
 from common.config.presets import stage_name
 from common.data.activations import NORM_STATS_FILE
@@ -55,7 +56,7 @@ class SourcesOnly:
     settings: EvalSettings | None = None
 
 
-I = TypeVar("I", bound=Inputs)
+InputsT = TypeVar("InputsT", bound=Inputs)
 
 
 @dataclass
@@ -69,12 +70,13 @@ class Opened:
     patch_layer: int  # where the residual is patched: L as trained, L + 1 under --original_eval
 
 
-def output_path(cfg: Any) -> str:
+def output_path(cfg: Config) -> str:
     """The config's one output field (``--checkpoint_dir`` or ``--output_dir``)."""
     return next(getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.metadata.get("output"))
 
 
-def open_stage(cfg: Any, read_inputs: Callable[[], I], lm_dtype: torch.dtype | None = None) -> tuple[Opened, I]:
+def open_stage(cfg: LMStageConfig, read_inputs: Callable[[], InputsT],
+               lm_dtype: torch.dtype | None = None) -> tuple[Opened, InputsT]:
     """The one opening order: the output directory → every input (``read_inputs``) → the runtime → the LM → each
     input against the LM → the patch layer."""
     out = OutputDir(output_path(cfg), getattr(cfg, "resume", False), cfg.overwrite, input_paths(cfg))
@@ -90,7 +92,7 @@ def open_stage(cfg: Any, read_inputs: Callable[[], I], lm_dtype: torch.dtype | N
         raise UserError(f"--original_eval reads and patches the residual one block later, at layer {patch_layer}, but "
                         f"this {lm.num_layers}-block model's last patchable layer is {lm.num_layers - 1}")
     return Opened(out, rt, lm, record, patch_layer), inputs
-def start_output_dir(out: OutputDir, cfg: Any, record: dict[str, Any], stage: str,
+def start_output_dir(out: OutputDir, cfg: TrainedStageConfig | KLConfig, record: dict[str, Any], stage: str,
                      extra: dict[str, Any] | None = None) -> dict:
     """Write ``config.json``; on --resume first check that the run is the same one (settings, model, inputs, text).
 
@@ -118,7 +120,7 @@ def start_output_dir(out: OutputDir, cfg: Any, record: dict[str, Any], stage: st
     return config
 
 
-def resume_differences(previous: dict[str, Any], current: dict[str, Any], cfg: Any) -> list[str]:
+def resume_differences(previous: dict[str, Any], current: dict[str, Any], cfg: Config) -> list[str]:
     """What makes ``current`` another run than ``previous``: any setting that changes the result, the model, an input
     stage's weights or the text's content. Where things live (the output folder, the inputs' paths, the cache) is not
     part of it, so a moved or copied run resumes; a directory of an earlier format that recorded no text identity is

@@ -54,7 +54,7 @@ class StageData:
 class StageRun:
     """The run as the stage's hooks see it."""
 
-    cfg: Any
+    cfg: TrainedStageConfig
     rt: Runtime
     lm: LoadedLM
     record: dict[str, Any]  # model id, fingerprint, layer, width: the provenance every output carries

@@ -8,9 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from common.config.stages import JointConfig
 from common.data.activations import NormStats
 from common.models.joint import JointSAENFM, paper_parameter_counts, unique_parameter_counts, with_shares
 from common.models.sae import TopKSAE
+from common.paper import PAPER
+from common.paper import text as _t
 from common.runtime.context import Runtime
 from common.runtime.regimes import autocast, param_dtype
 from common.training.metrics import EVAL_BATCH_ROWS, ReconstructionMetrics
@@ -117,36 +120,41 @@ def joint_stage_metrics(best: JointSAENFM, val_rows: Tensor, paper_rows: Tensor,
     return metrics
 
 
-def format_joint_table(metrics: dict[str, Any], cfg: Any) -> str:
+def format_joint_table(metrics: dict[str, Any], cfg: JointConfig) -> str:
     """Stage 5's figures beside the paper's, each line saying how its figure is computed."""
     pct = lambda value: f"{100 * value:.1f}%"  # noqa: E731
     lines = [f"stage 5 joint SAE + NFM (F {cfg.features}, K {cfg.k}, top {cfg.top_n_features}, k {cfg.nfm_embed_dim}; "
              f"{metrics['precision_regime']}, {metrics['decode_path']} decode; {metrics['steps']} steps)",
              f"{'held-out rows, normalized units, unless said':<52}{'ours':>20}{'paper':>16}"]
-    rows = [("joint MSE: SAE + NFM linear + NFM interaction", f"{metrics['joint_mse']:.4f}", "0.162"),
-            ("  MSE of its own SAE path alone", f"{metrics['sae_part_mse']:.4f}", "0.275"),
-            ("  improvement = 1 - joint / own SAE path", pct(metrics["improvement"]), "41.3%")]
+    rows = [("joint MSE: SAE + NFM linear + NFM interaction", f"{metrics['joint_mse']:.4f}", _t("joint.joint_mse")),
+            ("  MSE of its own SAE path alone", f"{metrics['sae_part_mse']:.4f}", _t("joint.sae_part_mse")),
+            ("  improvement = 1 - joint / own SAE path", pct(metrics["improvement"]), _t("joint.improvement"))]
     if "sequential_improvement_val" in metrics:
         rows.append(("  sequential: stage 2's NFM on the SAE residual", pct(metrics["sequential_improvement_val"]),
-                     "23%"))
+                     _t("joint.sequential_improvement")))
     if "standalone_sae_mse" in metrics:
         rows += [("MSE of the standalone stage-1 SAE", f"{metrics['standalone_sae_mse']:.4f}", "-"),
                  ("  improvement = 1 - joint / standalone SAE", pct(metrics["improvement_vs_standalone"]), "-")]
     paper_recipe = metrics["paper_recipe"]
-    rows += [("paper's recipe, first 1,000 training rows: joint", f"{paper_recipe['joint_mse']:.4f}", "0.162"),
+    rows += [("paper's recipe, first 1,000 training rows: joint", f"{paper_recipe['joint_mse']:.4f}",
+              _t("joint.joint_mse")),
              ("  own SAE path / improvement",
-              f"{paper_recipe['sae_part_mse']:.4f} / {pct(paper_recipe['improvement'])}", "0.275 / 41.3%"),
+              f"{paper_recipe['sae_part_mse']:.4f} / {pct(paper_recipe['improvement'])}",
+              f"{_t('joint.sae_part_mse')} / {_t('joint.improvement')}"),
              ("mean |output| over rows and dims: linear path",
-              f"{metrics['mean_abs_linear']:.3f} ({pct(metrics['linear_share'])})", "0.347 (94.0%)"),
+              f"{metrics['mean_abs_linear']:.3f} ({pct(metrics['linear_share'])})",
+              f"{_t('joint.mean_abs_linear')} ({_t('joint.linear_share')})"),
              ("  interaction path", f"{metrics['mean_abs_interaction']:.3f} ({pct(metrics['interaction_share'])})",
-              "0.022 (6.0%)"),
+              f"{_t('joint.mean_abs_interaction')} ({_t('joint.interaction_share')})"),
              ("error cut by adding the linear path to the SAE path", pct(metrics["linear_contribution"]), "-"),
              ("  then by adding the interaction path", pct(metrics["interaction_contribution"]), "-")]
     paper_style, unique = metrics["parameters"]["paper_style"], metrics["parameters"]["unique_tensors"]
     shares = paper_style["shares"]
-    rows += [("parameters, encoder and decoder counted apart", f"{paper_style['total']:,}", "496,106,700"),
-             ("  NFM linear layer, share of that count", pct(shares["nfm_linear"]), "32.3%"),
-             ("  embeddings + MLP, share of that count", pct(shares["nfm_embeddings"] + shares["nfm_mlp"]), "3%"),
-             ("parameters, unique tensors (tied weight once)", f"{unique['total']:,}", "336,106,700")]
+    rows += [("parameters, encoder and decoder counted apart", f"{paper_style['total']:,}",
+              _t("joint.parameters_total")),
+             ("  NFM linear layer, share of that count", pct(shares["nfm_linear"]), _t("joint.nfm_linear_share")),
+             ("  embeddings + MLP, share of that count", pct(shares["nfm_embeddings"] + shares["nfm_mlp"]),
+              f"{PAPER['joint.nfm_embeddings_share'].value:.0%}"),
+             ("parameters, unique tensors (tied weight once)", f"{unique['total']:,}", _t("joint.parameters_unique"))]
     lines += [f"{name:<52}{ours:>20}{paper:>16}" for name, ours, paper in rows]
     return "\n".join(lines)

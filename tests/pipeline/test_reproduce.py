@@ -91,7 +91,8 @@ def test_regression_pin_tiny_report_numbers(tiny_run):
 # ---- every row against a table written by hand ----------------------------------------------------------------------
 # The row test above reads each row's own `source` with the report's own `lookup`, and nothing checked "holds": a row
 # pointed at the wrong key, or a rule turned round, passed. Here each row's stage file, key path and verdict are
-# written out again without common/reporting/report.py, so such a row fails. A new report row fails until it is added here.
+# written out again without common/reporting/report.py, so such a row fails. A new report row fails until it is added
+# here.
 
 ALPHA = 0.01  # "p < 0.01" in the rules
 STAGE_OUTPUTS = ("sae1/metrics.json", "nfm/metrics.json", "sae2/metrics.json", "joint/metrics.json",

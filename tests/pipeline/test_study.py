@@ -1,6 +1,6 @@
 """study.py on the tiny preset, end to end on the session's tiny reproduce.py run: every question's table holds the
-numbers its stages wrote (read back here by hand, not through common/reporting/report.py), each number names the command that
-wrote it, a seed changes the numbers and the same seed reproduces them, and the dip test and valley check tell a
+numbers its stages wrote (read back here by hand, not through common/reporting/report.py), each number names the command
+that wrote it, a seed changes the numbers and the same seed reproduces them, and the dip test and valley check tell a
 bimodal sample from a unimodal one."""
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""common/behavior/pipeline.py: the behavioral pipeline is what part14 patches, and the clamp changes one feature and nothing
+"""common/behavior/pipeline.py: the behavioral pipeline is what part14 patches, and the clamp changes one feature and
+nothing
 else (METHOD §10 decisions 3 and 4)."""
 from pathlib import Path
 
@@ -6,10 +7,11 @@ import pytest
 import torch
 
 from common.behavior.pipeline import Clamp
+from common.behavior.run import BehaviorRun, last_position_logits, token_ids
 from common.config.presets import build_config
 from common.kl.conditions import sequential_conditions
 from common.lm.hooks import capture_layer, patch_layer
-from common.stages.behavior import BehaviorRun, last_position_logits, open_run, token_ids
+from common.stages.behavior import open_run
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["as_trained", "original_eval"])

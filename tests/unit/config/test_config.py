@@ -1,4 +1,5 @@
-"""common/config/stages.py: presets are checked when the module is imported, every flag has help, old flag names still work."""
+"""common/config: presets are checked when the module is imported, every flag has help, old flag names still work, a
+mode outside its Literal is refused."""
 import dataclasses
 
 import pytest
@@ -38,7 +39,8 @@ def test_training_flags_show_their_help(capsys):
 def test_renamed_flags_keep_their_old_spelling():
     assert parse_config(STAGE_CONFIGS["nfm"], "", ["--nfm_k", "7"]).nfm_embed_dim == 7
     assert parse_config(STAGE_CONFIGS["joint"], "", ["--compare_sequential", "runs/nfm"]).nfm_model_path == "runs/nfm"
-    assert parse_config(STAGE_CONFIGS["kl14"], "", ["--primary_sae_path", "a", "--nfm_path", "b"]).sae1_model_path == "a"
+    kl14 = parse_config(STAGE_CONFIGS["kl14"], "", ["--primary_sae_path", "a", "--nfm_path", "b"])
+    assert kl14.sae1_model_path == "a"
 
 
 def test_values_come_from_flag_then_stage_then_common_then_paper():

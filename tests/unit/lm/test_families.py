@@ -49,7 +49,8 @@ def tiny_model(family: str):
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        # Gemma-2's soft-capping has no SDPA kernel in transformers 5: it runs eager attention, as common.lm.loading loads it.
+        # Gemma-2's soft-capping has no SDPA kernel in transformers 5: it runs eager attention, as common.lm.loading
+        # loads it.
         attention = "eager" if family == "gemma2" else "sdpa"
         model = AutoModelForCausalLM.from_config(family_config(family), attn_implementation=attention)
     return model.eval().requires_grad_(False)

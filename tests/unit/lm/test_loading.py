@@ -1,4 +1,5 @@
-"""common/lm/loading.py: the tiny model is reproducible, tokenizers agree with sentencepiece, SmolLM2 is a sane LM, errors are
+"""common/lm/loading.py: the tiny model is reproducible, tokenizers agree with sentencepiece, SmolLM2 is a sane LM,
+errors are
 one line."""
 from __future__ import annotations
 

@@ -1,0 +1,178 @@
+"""A behavioral script's run (METHOD §10): the LM and the pipeline as the script opened them, and what the scripts
+ask of them: the token ids of a text, per-text mean codes, prompt logits under clamps, greedy generations, which
+primary features feed a secondary one, and the top-activating examples of features."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from common.behavior.pipeline import Clamp, Pipeline
+from common.config.concepts import BehaviorConfig
+from common.data.activations import ActivationStream
+from common.errors import UserError
+from common.lm.hooks import capture_layer, patch_layer, run_from_layer
+from common.lm.model import LoadedLM
+from common.models.codes import scatter_codes
+from common.models.loading import (
+    StageInput,
+)
+from common.runtime.context import Runtime
+from common.store.fingerprints import git_commit
+from common.store.lock import OutputDir
+
+log = logging.getLogger(__name__)
+
+CLAMP_BATCH = 32  # clamped passes per batch (logits are (batch, T, vocabulary): keep it small)
+
+
+@dataclass
+class BehaviorRun:
+    cfg: BehaviorConfig
+    rt: Runtime
+    lm: LoadedLM
+    pipeline: Pipeline
+    sources: list[StageInput]
+    out: OutputDir
+    layer: int  # where the residual is read and patched: L as trained, L + 1 under --original_eval
+    first_position: int  # 1 where the tokenizer adds a BOS: it is neither averaged over nor patched
+    patch: str  # delta or replace
+    record: dict[str, Any]  # the LM's provenance
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.record, "original_eval": self.cfg.original_eval, **self.pipeline.settings.record(),
+                "patch": self.patch, "patch_layer": self.layer, "first_position": self.first_position,
+                "inputs": {source.flag.lstrip("-"): source.record() for source in self.sources},
+                "config": dataclasses.asdict(self.cfg), "git_commit": git_commit()}
+
+
+def token_ids(run: BehaviorRun, text: str) -> Tensor:
+    """(1, T) ids of one text as the model reads it (BOS first where the tokenizer adds one)."""
+    return torch.tensor([run.lm.tokenizer(text)["input_ids"]], device=run.rt.device)
+
+
+class TextMeans(NamedTuple):
+    primary: Tensor  # (n texts, F): each text's mean primary code (inference K) over its real tokens
+    secondary: Tensor | None  # (n texts, F2): the same for the secondary SAE's codes
+    tokens: Tensor  # (n texts,) real tokens averaged over
+
+
+def text_means(run: BehaviorRun, texts: list[str]) -> TextMeans:
+    """One text per forward, unpadded, so every position is a real token; BOS left out of the mean."""
+    primary, secondary, tokens = [], [], []
+    pipe = run.pipeline
+    for text in tqdm(texts, desc="stimuli", unit="text", leave=False, disable=len(texts) < 50):
+        residual = capture_layer(run.lm.model, token_ids(run, text), run.layer)[0, run.first_position:]
+        if residual.shape[0] == 0:
+            raise UserError(f"the stimulus {text!r} has no token after BOS")
+        out = pipe.run(residual.float())
+        primary.append(scatter_codes(out.top_acts, out.top_indices, pipe.sae.num_features).mean(0))
+        if out.secondary_acts is not None:
+            secondary.append(scatter_codes(out.secondary_acts, out.secondary_indices,
+                                           pipe.secondary.num_features).mean(0))
+        tokens.append(residual.shape[0])
+    return TextMeans(torch.stack(primary).cpu(), torch.stack(secondary).cpu() if secondary else None,
+                     torch.tensor(tokens))
+
+
+def last_position_logits(run: BehaviorRun, prompt: str, clamps: list[Clamp]) -> tuple[Tensor, Tensor]:
+    """The clean model's logits at the prompt's last position (V,), and each clamp's (len(clamps), V), in fp32: the
+    blocks before the patch layer run once, the later ones for the clamps in batches. The first clamp is the
+    reference every other one is read against: it is repeated at the head of each batch, so that a row and its
+    reference always pass through the same kernels and no batching noise enters their difference."""
+    ids = token_ids(run, prompt)
+    residual = capture_layer(run.lm.model, ids, run.layer)
+    clean = run_from_layer(run.lm.model, residual, run.layer, ids)[0, -1].float()
+    if not clamps:
+        return clean, clean.new_zeros(0, clean.shape[0])
+    reference, rest = clamps[0], clamps[1:]
+    logits = [run_from_layer(run.lm.model, run.pipeline.patched(residual, reference, run.patch, run.first_position),
+                             run.layer, ids)[0, -1].float()[None]]  # alone, as the clean pass: the identity check
+    for start in range(0, len(rest), CLAMP_BATCH - 1):
+        chunk = [reference, *rest[start : start + CLAMP_BATCH - 1]]
+        patched = run.pipeline.patched(residual.expand(len(chunk), -1, -1), chunk, run.patch, run.first_position)
+        batch = run_from_layer(run.lm.model, patched, run.layer, ids)[:, -1].float()
+        logits.append(batch[1:] - batch[:1] + logits[0])  # each row's change, against the reference of its batch
+    return clean, torch.cat(logits)
+
+
+def greedy(run: BehaviorRun, prompt: str, clamps: list[Clamp | None], new_tokens: int) -> list[list[int]]:
+    """Greedy continuations of the prompt, one per clamp (``None``: the clean model), all in one batch of equal
+    lengths, with each row's clamp patched in at every step through the layer hook (so it reaches the model as
+    generate runs it); as token ids."""
+    ids = token_ids(run, prompt).expand(len(clamps), -1)
+    per_row = [Clamp("none", 0, 0.0) if clamp is None else clamp for clamp in clamps]
+    clean_rows = [b for b, clamp in enumerate(clamps) if clamp is None]
+
+    def replace(hidden: Tensor) -> Tensor:
+        first = run.first_position if hidden.shape[1] == ids.shape[1] else 0  # only the prompt's pass holds BOS
+        patched = run.pipeline.patched(hidden, per_row, run.patch, first)
+        patched[clean_rows] = hidden[clean_rows].float()  # the clean model's rows, whatever the patch
+        return patched
+
+    model = run.lm.model
+    pad = run.lm.tokenizer.pad_token_id or run.lm.tokenizer.eos_token_id
+    with torch.no_grad(), patch_layer(model, run.layer, replace):
+        generated = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                                   pad_token_id=pad, attention_mask=torch.ones_like(ids))
+    return generated[:, ids.shape[1]:].tolist()
+
+
+def attribution(run: BehaviorRun, texts: list[str], secondary: int, primaries: list[int]) -> list[dict[str, Any]]:
+    """How much each primary feature feeds secondary feature ``secondary``: the mean drop of its code over the
+    texts' tokens when that primary feature is taken out of the NFM's input (METHOD §10 decision 3), with the share
+    of tokens where the primary feature was active at all."""
+    change = {i: 0.0 for i in primaries}
+    active = {i: 0 for i in primaries}
+    tokens = 0
+    for text in texts:
+        residual = capture_layer(run.lm.model, token_ids(run, text), run.layer)[0, run.first_position:]
+        out = run.pipeline.run(residual.float())
+        base = (out.secondary_acts * (out.secondary_indices == secondary)).sum(-1)
+        for i in primaries:
+            change[i] += float((base - run.pipeline.secondary_code_without(out, i, secondary)).sum())
+            active[i] += int((out.nfm_indices == i).any(-1).sum())
+        tokens += residual.shape[0]
+    rows = [{"primary": i, "mean_code_drop": change[i] / tokens, "active_share": active[i] / tokens} for i in primaries]
+    return sorted(rows, key=lambda row: -abs(row["mean_code_drop"]))
+
+
+Examples = dict[int, list[tuple[float, int, int]]]  # feature -> its largest codes as (code, window, position)
+
+
+def top_examples(run: BehaviorRun, stream: ActivationStream, indices: list[int], features: list[int], examples: int,
+                 batch_size: int) -> tuple[Examples, Tensor, dict[int, dict[str, float]]]:
+    """Scan windows of a text (their activations from ``stream``, so from its cache where it has them): per feature
+    its ``examples`` largest codes as (code, window, position), the token counts of the scanned real positions (for
+    the labels' lift over corpus frequency), and each feature's mean code and active share over those positions."""
+    text = stream.text
+    vocab = len(run.lm.tokenizer)
+    counts = torch.zeros(vocab, dtype=torch.float64)
+    best: Examples = {f: [] for f in features}
+    totals = {f: [0.0, 0] for f in features}
+    wanted = torch.tensor(features, device=run.rt.device)
+    for start in tqdm(range(0, len(indices), batch_size), desc="scan", unit="batch", leave=False):
+        chunk = indices[start : start + batch_size]
+        ids = torch.stack([text.get(i) for i in chunk])
+        residual = stream.windows(chunk).to(run.rt.device)
+        out = run.pipeline.run(residual.reshape(-1, residual.shape[-1]).float())
+        hits = out.secondary_indices.unsqueeze(-1) == wanted  # (B·T, K2, n features)
+        codes = (out.secondary_acts.unsqueeze(-1) * hits).sum(1).reshape(len(chunk), ids.shape[1], len(features))
+        codes[:, : run.first_position] = 0  # BOS is no example
+        counts += torch.bincount(ids[:, run.first_position:].flatten(), minlength=vocab).double()
+        for j, feature in enumerate(features):
+            feature_codes = codes[..., j]
+            totals[feature][0] += float(feature_codes.sum())
+            totals[feature][1] += int((feature_codes > 0).sum())
+            values, flat = feature_codes.flatten().topk(min(examples, feature_codes.numel()))
+            best[feature] += [(float(v), chunk[int(p) // ids.shape[1]], int(p) % ids.shape[1])
+                              for v, p in zip(values, flat) if v > 0]
+            best[feature] = sorted(best[feature], reverse=True)[:examples]
+    positions = float(counts.sum())
+    summary = {f: {"mean_code": totals[f][0] / positions, "active_share": totals[f][1] / positions} for f in features}
+    return best, counts, summary
