@@ -4,6 +4,9 @@ Every function except ``pathway_shares`` returns plain Python numbers, lists and
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 from scipy import stats
 from sklearn.mixture import GaussianMixture
@@ -201,3 +204,32 @@ def valley(values: np.ndarray, means: list[float]) -> dict:
             "valley": bool(ratio < VALLEY_RATIO),
             "rule": f"the KDE between the two fitted means falls below {VALLEY_RATIO:g}x the lower of its values "
                     "at the means"}
+
+
+# ---- inference over windows (METHOD §13) ----------------------------------------------------------------------
+
+BOOTSTRAP_DRAWS = 2_000
+
+
+def window_bootstrap(columns: tuple[np.ndarray, ...], statistic: Callable[..., np.ndarray], level: float = 0.95,
+                     draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> dict[str, Any]:
+    """A statistic of per-window columns (each (W,), one entry per window) with its percentile CI from a paired
+    bootstrap over windows (scipy.stats.bootstrap): every column is resampled with the same windows, so a ratio's
+    numerator and denominator move together. ``statistic(*columns, axis)`` reduces along ``axis``."""
+    columns = tuple(np.asarray(column, dtype=np.float64) for column in columns)
+    estimate = float(statistic(*columns, axis=-1))
+    result = stats.bootstrap(columns, statistic, paired=True, vectorized=True, n_resamples=draws,
+                             confidence_level=level, method="percentile", rng=np.random.default_rng(seed))
+    low, high = result.confidence_interval
+    return {"estimate": estimate, "low": float(low), "high": float(high), "level": level, "draws": draws,
+            "windows": int(columns[0].shape[-1]), "method": "percentile bootstrap over windows, paired"}
+
+
+def ratio_of_sums(numerator: np.ndarray, denominator: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Σ numerator / Σ denominator: a ratio of means over the same positions, from per-window sums."""
+    return np.sum(numerator, axis=axis) / np.sum(denominator, axis=axis)
+
+
+def reduction_of_sums(condition: np.ndarray, reference: np.ndarray, axis: int = -1) -> np.ndarray:
+    """1 − Σ condition / Σ reference: the reduction of a mean against the reference's, from per-window sums."""
+    return 1.0 - ratio_of_sums(condition, reference, axis)

@@ -152,3 +152,27 @@ def test_every_plot_writes_a_png(tmp_path):
     ]
     for path in written:
         _assert_png(path)
+
+
+def test_window_bootstrap_matches_every_resample_of_three_windows():
+    """3 windows: each of the 27 equally likely resamples enumerated by hand; the bootstrap's percentile CI must sit
+    at the quantiles of that exact distribution, and the estimate is the ratio of the sums."""
+    import itertools
+
+    from common.stats import ratio_of_sums, reduction_of_sums, window_bootstrap
+
+    kl = np.array([2.0, 5.0, 11.0])
+    eps = np.array([1.0, 4.0, 2.0])
+    picks = [list(pick) for pick in itertools.product(range(3), repeat=3)]
+    exact = np.array([kl[pick].sum() / eps[pick].sum() for pick in picks])
+    result = window_bootstrap((kl, eps), ratio_of_sums, level=0.90, draws=60_000, seed=1)
+    assert result["estimate"] == pytest.approx(18.0 / 7.0)
+    assert result["windows"] == 3 and result["level"] == 0.90
+    # the exact 5% and 95% quantiles of the 27-point distribution (ties make the empirical ones land on it)
+    low, high = np.quantile(exact, [0.05, 0.95], method="inverted_cdf")
+    assert result["low"] == pytest.approx(low, rel=1e-9)
+    assert result["high"] == pytest.approx(high, rel=1e-9)
+    reduction = window_bootstrap((kl, eps), reduction_of_sums, level=0.90, draws=60_000, seed=1)
+    assert reduction["estimate"] == pytest.approx(1 - 18.0 / 7.0)
+    assert reduction["low"] == pytest.approx(1 - high, rel=1e-9)
+    assert reduction["high"] == pytest.approx(1 - low, rel=1e-9)
