@@ -1,2 +1,2 @@
-"""What a run asks for: one dataclass per concept (``concepts``), one config per stage (``stages``), the modes as
-``Literal`` types (``modes``), the presets (``presets``) and the command line (``parse``)."""
+"""What a run asks for: one dataclass per concept, one config per stage, the modes as Literal types, the presets, the
+command line."""

@@ -1,1 +1,1 @@
-"""lm"""
+"""The language model and its residual stream: loading (tiny, GGUF, hub), capture and patch hooks, decoder families."""
