@@ -35,9 +35,9 @@ from common.reporting.study_report import write_study
 from common.stages.cli import run_cli
 from common.stages.launch import preload
 from common.stages.pipeline import BY_NAME, PipelineRun
+from common.stages.runner import run_stage, stage_argv
 from common.store.fingerprints import git_commit
 from common.store.lock import OutputDir
-from reproduce import run_stage, stage_argv
 
 log = logging.getLogger("study")
 

@@ -83,7 +83,7 @@ def make_contender(
     return fwd_bwd, step
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default=None, help="cpu or cuda (default: CUDA when present)")
     parser.add_argument("--repeats", type=int, default=5)
@@ -97,7 +97,11 @@ def main(argv: list[str] | None = None) -> None:
         "--thp", action="store_true",
         help="set THP_MEM_ALLOC_ENABLE=1: PyTorch backs CPU buffers of 2 MB and more with huge pages",
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.thp:
         # On the CPU a fresh 640 MB gradient each step costs more in 4 kB page faults than in arithmetic.
         # PyTorch reads the variable at its first large allocation, which comes below.
