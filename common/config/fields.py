@@ -43,7 +43,8 @@ def mode_choices(cls: type) -> dict[str, tuple[Any, ...]]:
     """Each ``Literal`` field of a config class (``common.config.modes``) and its allowed values."""
     choices = {}
     for name, hint in typing.get_type_hints(cls).items():
-        options = [hint, *typing.get_args(hint)] if isinstance(hint, types.UnionType) else [hint]
+        union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union  # X | None, Optional[X]
+        options = [hint, *typing.get_args(hint)] if union else [hint]
         for option in options:
             if typing.get_origin(option) is Literal:
                 choices[name] = typing.get_args(option)

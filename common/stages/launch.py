@@ -61,6 +61,8 @@ def run_script(script: Path, argv: list[str], env: dict[str, str]) -> int:
             runpy.run_path(str(script), run_name="__main__")
             code = 0
         except SystemExit as stop:
+            if stop.code is not None and not isinstance(stop.code, int):  # sys.exit("text"), as the interpreter does
+                print(stop.code, file=sys.stderr)
             code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
         except BaseException:  # a bug in the stage: its traceback, as a fresh interpreter would print it
             traceback.print_exc()

@@ -19,7 +19,6 @@ from common.errors import UserError
 
 # mode_choices misses a Literal under ``X | None`` (a typing.Union, not a types.UnionType): ``--patch bogus`` is
 # accepted and then runs as "replace". Remove the marker once common/config/fields.py handles typing.Union.
-OPTIONAL_MISSED = pytest.mark.xfail(strict=True, reason="mode_choices misses Optional Literal fields (--patch)")
 
 
 @dataclass
@@ -51,7 +50,6 @@ def test_mode_choices_finds_plain_literal_fields():
         assert plain.items() <= mode_choices(cls).items(), name
 
 
-@OPTIONAL_MISSED
 def test_mode_choices_finds_every_literal_field_optional_ones_included():
     assert mode_choices(Hand) == {"plain": ("a", "b"), "optional_new": ("x", "y"), "optional_old": ("p", "q")}
     for name, cls in STAGE_CONFIGS.items():
@@ -93,7 +91,6 @@ def test_argparse_refuses_a_bad_mode_in_one_error_line_naming_the_flag(capsys: p
     assert len(errors) == 1 and "argument --precision: invalid choice: 'fp64'" in errors[0]
 
 
-@OPTIONAL_MISSED
 @pytest.mark.parametrize("build", ["class", "dict", "argv"])
 def test_an_optional_mode_is_checked_too(build: str):
     with pytest.raises((UserError, SystemExit)):

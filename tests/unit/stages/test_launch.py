@@ -75,10 +75,7 @@ def test_each_way_a_script_ends_gives_the_exit_code_a_fresh_interpreter_would(
         assert "Traceback" in err and "ValueError: a bug in the stage" in err
 
 
-def test_a_string_exit_message_reaches_stderr(mode: str, script: Path, tmp_path: Path, capfd: pytest.CaptureFixture,
-                                              request: pytest.FixtureRequest):
-    if mode == "fork":  # the forked child turns SystemExit("...") into code 1 without printing it
-        request.applymarker(pytest.mark.xfail(strict=True, reason="a forked stage drops sys.exit's message"))
+def test_a_string_exit_message_reaches_stderr(mode: str, script: Path, tmp_path: Path, capfd: pytest.CaptureFixture):
     assert launch.run_script(script, ["message", str(tmp_path / "seen.txt")], {}) == 1
     assert "error: one line" in capfd.readouterr().err
 
