@@ -200,7 +200,7 @@ def _markdown(header: dict, table: list[dict], out_dir: Path) -> str:
     for section in sections:
         lines += ["", f"## {section}", "",
                   "| figure | paper | this run | CI | original eval | rule | holds | source |",
-                  "|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|"]
         stages = []
         for row in (row for row in table if row["section"] == section):
             stages += [row[key].split(":")[0] for key in ("source", "original_source") if key in row]
