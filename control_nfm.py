@@ -102,9 +102,7 @@ class NFMControl(Stage2):
         return remove_interaction(model) if self.cfg.pathways == "linear" else model
 
     def evaluate(self, run: StageRun, data: StageData, best: NFM) -> dict:
-        metrics = super().evaluate(run, data, best)
-        metrics["control"] = self.compare(run, best)
-        return metrics
+        return {**super().evaluate(run, data, best), "control": self.compare(run, best)}
 
     def compare(self, run: StageRun, best: NFM) -> dict[str, Any]:
         cfg, decode = self.cfg, run.rt.decode
@@ -134,8 +132,7 @@ class NFMControl(Stage2):
         return out
 
     def print_table(self, metrics: dict, out: Path) -> None:
-        control = metrics["control"]
-        verdict = control["verdict"]
+        control, verdict = metrics["control"], metrics["control"]["verdict"]
         print(f"control NFM ({control['target']}, {control['pathways']} pathways): held-out reduction "
               f"{100 * control['reduction']['estimate']:.2f}% (stage-2 NFM "
               f"{100 * control['reference_reduction']['estimate']:.2f}%); verdict figure "

@@ -40,6 +40,7 @@ from common.training.nfm_objective import SAECodes, evaluate_nfm, nfm_loss, sae_
 from common.training.trainer import Trainer
 from common.training.window_errors import nfm_row_errors, reduction_ci, row_sse, window_sums
 
+ROUNDING = 1e-6  # a gain smaller than this is float rounding, recorded as 0
 BLOCKS = 100  # bootstrap units: the held-out rows (independent) in this many blocks of equal size
 RULES = {"planted": "at the largest s, NFM on the true codes: interaction gain 95% CI above 0 and recall@|P| >= 0.8",
          "twin": "at s = 0, NFM on the true codes: interaction gain 95% CI contains 0"}
@@ -73,7 +74,10 @@ def nfm_on(codes: SAECodes, held_out: SAECodes, pairs: list, size: int, cfg: Pla
     per_block = held_out.residual.shape[0] // BLOCKS
     sums = {name: window_sums(values[: per_block * BLOCKS], per_block) for name, values in errors.items()}
     effects = pair_effects(nfm.cpu(), held_out.top_acts.cpu(), held_out.top_indices.cpu())
-    return {"interaction_gain": reduction_ci(sums["after"], sums["linear_only"], seed=cfg.seed),
+    gain = reduction_ci(sums["after"], sums["linear_only"], seed=cfg.seed)
+    # a pathway whose output is constant differs from its mean only by float rounding: that is no gain
+    gain.update({key: 0.0 for key in ("estimate", "low", "high") if abs(gain[key]) < ROUNDING})
+    return {"interaction_gain": gain,
             "error_reduction": reduction_ci(sums["after"], sums["before"], seed=cfg.seed),
             **recall_at_planted(effects, pairs, size)}
 

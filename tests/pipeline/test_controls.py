@@ -13,12 +13,13 @@ import pytest
 import torch
 
 import control_joint_linear
+import control_kl
 import control_nfm
 import control_planted
 import control_sae_matched
 from common.kl.windows import window_totals
 from common.models.joint import JointSAENFM, unique_parameter_counts
-from common.models.nfm import NFM
+from common.models.loading import load_nfm
 from common.reporting.study_controls import VARIANT, controls
 from common.reporting.study_tables import Runs
 from common.training.ridge_map import RIDGE_FILE, RidgeMap
@@ -107,7 +108,7 @@ def test_main_job_controls_in_the_tiny_run(tiny_run):
     assert ridge["nfm_minus_ridge"]["estimate"] == pytest.approx(
         ridge["nfm_reduction"]["estimate"] - ridge["ridge_reduction"]["estimate"], abs=1e-9)
     assert RidgeMap.load(tiny_run / "ridge" / RIDGE_FILE).coef.shape == (64, 64)
-    linear = NFM.load(tiny_run / "nfm_linear")
+    linear, _ = load_nfm(tiny_run / "nfm_linear")  # a control loads wherever its model's kind is accepted
     assert not linear.mlp[3].weight.any()
     control = _json(tiny_run / "nfm_linear" / "metrics.json")["control"]
     assert control["verdict"]["estimate"] == pytest.approx(
@@ -143,3 +144,12 @@ def test_kl_window_totals_sum_each_windows_positions(tmp_path):
     np.savez(store, window=np.array([5, 5, 2, 2, 2]), **{"sae.kl": np.array([1.0, 2.0, 3.0, 4.0, 5.0])})
     windows, sums = window_totals(store, ["sae.kl"])
     assert windows.tolist() == [2, 5] and sums["sae.kl"].tolist() == [12.0, 3.0]
+
+
+def test_kl_control_verdict_is_the_joint_models_kl_against_the_saes_per_window(tmp_path):
+    store = tmp_path / "per_position.npz"
+    np.savez(store, window=np.repeat(np.arange(4), 2), **{"sae.kl": np.array([2.0, 2.0, 1.0, 3.0, 2.0, 2.0, 4.0, 0.0]),
+                                                        "joint_full.kl": np.full(8, 1.0)})
+    control = control_kl.verdict(store, seed=0)["control"]
+    assert control["verdict"]["estimate"] == pytest.approx(1 - 8 / 16)
+    assert control["verdict"]["windows"] == 4 and control["holds"] == (control["verdict"]["low"] > 0)

@@ -31,8 +31,10 @@ def test_activations_are_the_formula_and_the_twin_differs_only_by_the_interactio
 def test_pair_effect_is_the_second_order_difference_on_rows_where_both_fire():
     torch.manual_seed(0)
     nfm = NFM(6, 4, 3, dropout=0.0).eval()
-    torch.nn.init.normal_(nfm.embeddings, std=1.0)
-    codes = torch.tensor([[0.9, 0.0, 1.2, 0.7, 0.0, 0.0], [0.5, 0.8, 1.0, 0.0, 0.0, 0.0],
+    with torch.no_grad():
+        for parameter in nfm.parameters():  # biases too: out(∅) is not 0
+            parameter.normal_(std=1.0)
+    codes = torch.tensor([[0.9, 0.0, 1.2, 0.7, 0.0, 0.4], [0.5, 0.8, 1.0, 0.0, 0.0, 0.0],
                           [0.0, 0.6, 0.0, 0.0, 1.1, 0.0]])
     acts, indices = sparse_codes(codes)
     effects = pair_effects(nfm, acts, indices)
@@ -47,7 +49,7 @@ def test_pair_effect_is_the_second_order_difference_on_rows_where_both_fire():
             + interaction(without(i, j)[None])
         return float(delta.norm())
 
-    assert set(effects) == {(0, 2), (0, 3), (2, 3), (0, 1), (1, 2), (1, 4)}
+    assert set(effects) == {(0, 2), (0, 3), (0, 5), (2, 3), (2, 5), (3, 5), (0, 1), (1, 2), (1, 4)}
     assert effects[(0, 2)][1] == 2
     assert effects[(0, 2)][0] == pytest.approx((by_hand(codes[0], 0, 2) + by_hand(codes[1], 0, 2)) / 2, rel=1e-5)
     assert effects[(1, 4)] == pytest.approx((by_hand(codes[2], 1, 4), 1), rel=1e-5)
@@ -63,7 +65,7 @@ def test_recall_counts_planted_pairs_among_the_top_and_skips_rare_pairs():
 
 def test_sae_features_are_matched_by_decoder_cosine():
     dictionary = torch.eye(3)
-    decoder = torch.tensor([[0.0, 2.0, 0.1], [1.0, 0.0, 0.0], [0.0, 0.1, -1.0], [0.1, 0.0, 3.0]])
+    decoder = torch.tensor([[0.0, 2.0, 0.1], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.1, 0.0, 3.0]])  # −e₂ is not e₂
     matches, cosines = match_features(decoder, dictionary)
     assert matches == [1, 0, 3]
     assert cosines[0] == pytest.approx(1.0)

@@ -45,6 +45,9 @@ def test_sae_and_joint_row_errors_equal_the_dense_reference():
 def test_nfm_row_errors_equal_the_dense_reference():
     torch.manual_seed(1)
     nfm = NFM(20, 6, 4, dropout=0.0).eval()
+    with torch.no_grad():
+        for parameter in nfm.parameters():  # the init's std 0.01 would make the interaction term vanish
+            parameter.normal_(std=0.5)
     acts, indices = torch.rand(10, 3), torch.stack([torch.randperm(20)[:3] for _ in range(10)])
     target = torch.randn(10, 6)
     dense = torch.zeros(10, 20).scatter(1, indices, acts)
