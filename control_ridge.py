@@ -30,8 +30,8 @@ from common.stages.finish import write_results
 from common.stages.opening import open_stage, stage_config
 from common.store.fingerprints import git_commit
 from common.training.metrics import EVAL_BATCH_ROWS
-from common.training.nfm_objective import sae_codes
-from common.training.ridge_map import RIDGE_FILE, choose_alpha, fit_ridge
+from common.training.nfm_objective import SAECodes, sae_codes
+from common.training.ridge_map import RIDGE_FILE, RidgeMap, choose_alpha, fit_ridge
 from common.training.window_errors import gain_difference_ci, nfm_row_errors, reduction_ci, row_sse, window_sums
 
 log = logging.getLogger("control_ridge")
@@ -57,23 +57,35 @@ def training_windows(stream: ActivationStream, plan: ChunkPlan, every: int) -> t
     return [i for i in windows if i not in set(aside)], aside
 
 
+def read_inputs(cfg: RidgeControlConfig) -> RidgeInputs:
+    sae, norm, sae_source = load_sae(cfg.sae1_model_path)
+    nfm, nfm_source = load_nfm(cfg.nfm_model_path)
+    check_nfm_on_sae(nfm_source, sae, sae_source, norm)
+    nfm_config = nfm_source.config["config"]
+    for key in ("window", "exclude_first_position"):
+        if getattr(cfg, key) != nfm_config[key]:
+            raise UserError(f"--{key} {getattr(cfg, key)} differs from the NFM's {nfm_config[key]} ({nfm_source.what})")
+    return RidgeInputs(sae, nfm, [sae_source, nfm_source], nfm_config)
+
+
+def fit_map(cfg: RidgeControlConfig, stream: ActivationStream, plan: ChunkPlan, data) -> tuple[RidgeMap, dict]:
+    """The map fitted on the NFM's training windows, its penalty chosen on every Nth of them set aside."""
+    fit_windows, aside = training_windows(stream, plan, cfg.alpha_every)
+    rows_of = lambda windows: flatten_positions(stream.windows(windows), cfg.exclude_first_position)  # noqa: E731
+    (x_fit, y_fit), (x_aside, y_aside) = ([t.cpu().numpy() for t in data(rows_of(w))[:2]] for w in (fit_windows, aside))
+    alpha, scores = choose_alpha(x_fit, y_fit, x_aside, y_aside, cfg.alphas)
+    log.info("ridge penalty %g chosen on %d set-aside windows: %s", alpha, len(aside), scores)
+    ridge = fit_ridge(np.concatenate([x_fit, x_aside]), np.concatenate([y_fit, y_aside]), alpha)
+    return ridge, {"alpha": alpha, "alpha_slice_mse": scores,
+                   "alpha_at_grid_edge": alpha in (min(cfg.alphas), max(cfg.alphas)),
+                   "windows": {"fit": len(fit_windows), "set_aside": len(aside)}}
+
+
 def main(argv: list[str] | None = None) -> dict:
     cfg = stage_config(RidgeControlConfig, __doc__, argv)
     if cfg.alpha_every < 2:
         raise UserError(f"--alpha_every must be at least 2, got {cfg.alpha_every}")
-
-    def read_inputs() -> RidgeInputs:
-        sae, norm, sae_source = load_sae(cfg.sae1_model_path)
-        nfm, nfm_source = load_nfm(cfg.nfm_model_path)
-        check_nfm_on_sae(nfm_source, sae, sae_source, norm)
-        nfm_config = nfm_source.config["config"]
-        for key in ("window", "exclude_first_position"):
-            if getattr(cfg, key) != nfm_config[key]:
-                raise UserError(f"--{key} {getattr(cfg, key)} differs from the NFM's {nfm_config[key]} "
-                                f"({nfm_source.what})")
-        return RidgeInputs(sae, nfm, [sae_source, nfm_source], nfm_config)
-
-    opened, inputs = open_stage(cfg, read_inputs)
+    opened, inputs = open_stage(cfg, lambda: read_inputs(cfg))
     rt, nfm_config, norm = opened.rt, inputs.nfm_config, inputs.sources[0].norm_stats()
     stream = open_stream(cfg, opened.lm)
     if stream.describe()["text_identity"] != inputs.sources[1].config["data"]["text_identity"]:
@@ -81,25 +93,13 @@ def main(argv: list[str] | None = None) -> dict:
     plan = ChunkPlan(stream, nfm_config["num_tokens"], nfm_config["chunk_tokens"])
     sae, nfm = inputs.sae.to(rt.device).eval(), inputs.nfm.to(rt.device).eval()
 
-    def data(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, object]:
+    def data(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, SAECodes]:
         """(normalized x, the SAE's residual at the NFM's K, the NFM's codes)."""
         codes = sae_codes(sae, rows, norm, nfm_config["sae_k"], nfm_config["top_n_features"], rt.decode,
                           EVAL_BATCH_ROWS)
         return norm.to(rt.device).normalize(rows.to(rt.device)), codes.residual, codes
 
-    def rows_of(windows: list[int]) -> torch.Tensor:
-        return flatten_positions(stream.windows(windows), cfg.exclude_first_position)
-
-    fit_windows, aside = training_windows(stream, plan, cfg.alpha_every)
-    x_fit, y_fit, _ = data(rows_of(fit_windows))
-    x_aside, y_aside, _ = data(rows_of(aside))
-    as_numpy = lambda t: t.cpu().numpy()  # noqa: E731
-    alpha, scores = choose_alpha(as_numpy(x_fit), as_numpy(y_fit), as_numpy(x_aside), as_numpy(y_aside), cfg.alphas)
-    ridge = fit_ridge(np.concatenate([as_numpy(x_fit), as_numpy(x_aside)]),
-                      np.concatenate([as_numpy(y_fit), as_numpy(y_aside)]), alpha)
-    del x_fit, y_fit, x_aside, y_aside
-    log.info("ridge penalty %g chosen on %d set-aside windows: %s", alpha, len(aside), scores)
-
+    ridge, fitted = fit_map(cfg, stream, plan, data)
     x_val, residual_val, codes_val = data(stream.val_rows(max(1, nfm_config["val_tokens"] // cfg.window),
                                                           within=plan.num_windows))
     per_window = cfg.window - int(cfg.exclude_first_position)
@@ -107,27 +107,24 @@ def main(argv: list[str] | None = None) -> dict:
     before, after_nfm = (window_sums(nfm_errors[key], per_window) for key in ("before", "after"))
     after_ridge = window_sums(row_sse(residual_val, ridge.predict(x_val)), per_window)
     difference = gain_difference_ci(after_nfm, after_ridge, before, seed=cfg.seed)
+    fitted["windows"]["held_out"] = int(before.size)
     results = {
         "stage": "ridge", **opened.record, "config": dataclasses.asdict(cfg), "git_commit": git_commit(),
-        "inputs": {source.flag.lstrip("-"): source.record() for source in inputs.sources},
-        "alpha": alpha, "alpha_slice_mse": scores, "alpha_at_grid_edge": alpha in (min(cfg.alphas), max(cfg.alphas)),
-        "windows": {"fit": len(fit_windows), "set_aside": len(aside), "held_out": int(before.size)},
+        "inputs": {source.flag.lstrip("-"): source.record() for source in inputs.sources}, **fitted,
         "ridge_reduction": reduction_ci(after_ridge, before, seed=cfg.seed),
         "nfm_reduction": reduction_ci(after_nfm, before, seed=cfg.seed),
-        "nfm_minus_ridge": difference,
-        "rule": RULE, "holds": difference["low"] > 0,
+        "nfm_minus_ridge": difference, "rule": RULE, "holds": bool(difference["low"] > 0),
         "evaluated_on": f"{codes_val.residual.shape[0]} rows of {before.size} held-out windows (normalized units); "
                         f"the target is the SAE's residual at K {nfm_config['sae_k']}",
     }
     with opened.out.writing(clear=cfg.overwrite):
         ridge.save(opened.out.path / RIDGE_FILE)
         write_results(opened.out.path, results)
-    ridge_share, nfm_share = (results[key]["estimate"] for key in ("ridge_reduction", "nfm_reduction"))
-    print(f"ridge map of x (alpha {alpha:g}): reduces the SAE's held-out error by {100 * ridge_share:.1f}%, the NFM "
-          f"by {100 * nfm_share:.1f}%; NFM − ridge {100 * difference['estimate']:.1f} points "
-          f"[{100 * difference['low']:.1f}, {100 * difference['high']:.1f}] 95% CI: {RULE}: "
-          f"{'holds' if results['holds'] else 'fails'}")
-    print(f"-> {opened.out.path}")
+    shares = [100 * results[key]["estimate"] for key in ("ridge_reduction", "nfm_reduction")]
+    print(f"ridge map of x (alpha {fitted['alpha']:g}): reduces the SAE's held-out error by {shares[0]:.1f}%, the NFM "
+          f"by {shares[1]:.1f}%; NFM − ridge {100 * difference['estimate']:.1f} points [{100 * difference['low']:.1f}, "
+          f"{100 * difference['high']:.1f}] 95% CI: {RULE}: {'holds' if results['holds'] else 'fails'} "
+          f"-> {opened.out.path}")
     return results
 
 
