@@ -156,12 +156,12 @@ _STAGES = (
               "cpu": dict(null_features=100, generation_tokens=20),
               "tiny": dict(sentences_per_cell=8, null_features=5, permutations=200, generation_tokens=5,
                            word_list="tiny")}),
-    # The controls of METHOD §14, after the models they control for. The main job runs the ridge map, the linear-only
-    # NFM and the planted ground truth (about 2 minutes at the cpu preset); study.py's controls question the rest.
+    # The controls of METHOD §14, after the models they control for. The main job runs the ridge map and the small
+    # planted ground truth (about a minute of CPU at the cpu preset); study.py's controls question runs the rest.
     Stage("ridge", "control_ridge.py", "RidgeControlConfig", CONTROLS, (Run("ridge", SAE_AND_NFM),), text="train",
           resumable=False),
     Stage("nfm_control", "control_nfm.py", "NFMControlConfig", CONTROLS, (
-        Run("nfm_linear", SAE_AND_NFM, ("--pathways", "linear")),
+        _study("nfm_linear", SAE_AND_NFM, "--pathways", "linear"),
         _study("nfm_shuffled", SAE_AND_NFM, "--target", "shuffled"),
         _study("nfm_beyond_ridge", (*SAE_AND_NFM, ("--ridge_path", "ridge")), "--target", "beyond_ridge")),
           trains=True, text="train", one_process=NFM_ONE_PROCESS, presets=NFM_PRESETS),

@@ -25,10 +25,6 @@ CONTROL_ROWS: list[Row] = [
     _control("ridge", "nfm_minus_ridge", "NFM − ridge map (points of the SAE's error)", _CI_ABOVE,
              "a linear function of the input activation predicts the SAE's error as well as the NFM does from the "
              "codes: the NFM's gain is no evidence of integration"),
-    _control("nfm_linear", "control.reduction", "linear-only NFM (interaction pathway removed): residual reduction"),
-    _control("nfm_linear", "control.verdict", "the interaction pathway's own contribution, sequential (full − "
-             "linear-only NFM)", _CI_ABOVE,
-             "a linear NFM trained the same way does as well: the sequential gain is linear, not integration"),
     _control("planted", "strong.interaction_gain", "planted pairs, strongest s: interaction gain of the NFM on the "
              "true codes", _CI_ABOVE,
              "the NFM cannot find planted interactions at this scale and recipe: its small interaction gains on real "

@@ -1,5 +1,5 @@
 """The study's "controls" question (METHOD §14): the controls that cost too much for the main job, run in one variant
-folder beside the main run's models, and every control's verdict with its CI in one table (the main job's controls
+folder beside the main run's models, and every control's verdict with its CI in one table (the main job's ridge map
 read from the main run)."""
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from common.reporting.study_tables import Runs, pct
 from common.training.window_errors import reduction_ci
 
 VARIANT = "controls"
-STAGES = ("nfm_shuffled", "nfm_beyond_ridge", "joint_linear", "sae_matched", "sae_untied", "sae_params",
-          "kl_sae_matched", "kl_sae_untied", "kl_sae_params", "kl14_nfm_linear", "kl18_joint_linear", "planted_sweep",
-          "planted_recipe_eps")
+STAGES = ("nfm_linear", "nfm_shuffled", "nfm_beyond_ridge", "joint_linear", "sae_matched", "sae_untied",
+          "sae_params", "kl_sae_matched", "kl_sae_untied", "kl_sae_params", "kl14_nfm_linear", "kl18_joint_linear",
+          "planted_sweep", "planted_recipe_eps")
 COLUMNS = ["estimate", "95% CI low", "95% CI high", "rule holds"]
 # (row name, variant, stage, key of the {"estimate", "low", "high"} record, key of the verdict or None)
 FIGURES = (
@@ -33,7 +33,7 @@ FIGURES = (
     ("the NFM's reduction of the same error", "main", "ridge", "nfm_reduction", None),
     ("NFM − ridge map (points)", "main", "ridge", "nfm_minus_ridge", "holds"),
     ("NFM's reduction of what the ridge map leaves", VARIANT, "nfm_beyond_ridge", "control.verdict", "control.holds"),
-    ("interaction pathway's own contribution, sequential (reconstruction)", "main", "nfm_linear", "control.verdict",
+    ("interaction pathway's own contribution, sequential (reconstruction)", VARIANT, "nfm_linear", "control.verdict",
      "control.holds"),
     ("interaction pathway's own contribution, joint: 1 − MSE(joint)/MSE(linear-only joint)", VARIANT, "joint_linear",
      "control.verdict", "control.holds"),
@@ -48,8 +48,7 @@ KL_CONTRIBUTIONS = (("interaction pathway's own contribution, sequential (KL): 1
 
 
 def control_runs(preset: str, seeds: tuple[int, ...]) -> list[Run]:
-    """One variant beside the main run, whose models and main-job controls (the ridge map, the linear-only NFM) it
-    reads."""
+    """One variant beside the main run, whose models and main-job ridge map it reads."""
     return [Run(VARIANT, STAGES)]
 
 

@@ -100,7 +100,7 @@ STAGE_OUTPUTS = ("sae1/metrics.json", "nfm/metrics.json", "sae2/metrics.json", "
                  "kl18/results.json", "kl18_original/results.json", "discovery/results.json",
                  "discovery_original/results.json", "selection/results.json", "selection_original/results.json",
                  "clamp/results.json", "clamp_original/results.json", "clamp_linear/results.json",
-                 "sparsity/results.json", "ridge/results.json", "nfm_linear/metrics.json", "planted/results.json")
+                 "sparsity/results.json", "ridge/results.json", "planted/results.json")
 BOTH_MODES = ("kl14", "kl18", "discovery", "selection", "clamp")  # stages with an --original_eval twin
 Outputs = dict[str, Any]  # stage name ("kl14") → its parsed output file
 
@@ -397,8 +397,7 @@ def _ci_above(o: Outputs, stage: str, *keys: str) -> bool:
 
 def _control(stage: str, *keys: str, verdict: Callable[[Outputs], bool] | None = None) -> Expected:
     """A control's figure: the estimate of the CI record at the key path."""
-    file = f"{stage}/{'metrics' if stage == 'nfm_linear' else 'results'}.json"
-    return Expected((file, (*keys, "estimate")), verdict=verdict)
+    return Expected((f"{stage}/results.json", (*keys, "estimate")), verdict=verdict)
 
 
 CONTROLS: dict[str, dict[str, Expected]] = {
@@ -407,10 +406,6 @@ CONTROLS: dict[str, dict[str, Expected]] = {
         "the NFM's reduction of the same error, same rows": _control("ridge", "nfm_reduction"),
         "NFM − ridge map (points of the SAE's error)": _control(
             "ridge", "nfm_minus_ridge", verdict=lambda o: _ci_above(o, "ridge", "nfm_minus_ridge")),
-        "linear-only NFM (interaction pathway removed): residual reduction": _control("nfm_linear", "control",
-                                                                                       "reduction"),
-        "the interaction pathway's own contribution, sequential (full − linear-only NFM)": _control(
-            "nfm_linear", "control", "verdict", verdict=lambda o: _ci_above(o, "nfm_linear", "control", "verdict")),
         "planted pairs, strongest s: interaction gain of the NFM on the true codes": _control(
             "planted", "strong", "interaction_gain",
             verdict=lambda o: _ci_above(o, "planted", "strong", "interaction_gain")),
