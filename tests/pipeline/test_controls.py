@@ -15,7 +15,6 @@ import torch
 import control_joint_linear
 import control_kl
 import control_nfm
-import control_planted
 import control_sae_matched
 from common.kl.windows import window_totals
 from common.models.joint import JointSAENFM, unique_parameter_counts
@@ -117,8 +116,8 @@ def test_main_job_controls_in_the_tiny_run(tiny_run):
     assert RidgeMap.load(tiny_run / "ridge" / RIDGE_FILE).coef.shape == (64, 64)
 
 
-def test_planted_pairs_are_found_and_the_twin_shows_no_gain(tmp_path):
-    results = control_planted.main(["--preset", "tiny", "--output_dir", str(tmp_path / "planted")])
+def test_planted_pairs_are_found_and_the_twin_shows_no_gain(tiny_run):
+    results = _json(tiny_run / "planted" / "results.json")  # the main job's run, as reproduce.py made it
     strong, twin = results["strong"], results["twin"]
     assert results["strong"]["strength"] > 0 and twin is not None
     assert strong["interaction_gain"]["low"] > 0 and strong["recall"] >= 0.8
