@@ -43,25 +43,21 @@ class Stage2(TrainedStage):
 
     def prepare(self, run: StageRun) -> StageData:
         cfg, rt = self.cfg, run.rt
-        sae = self.sae.to(rt.device).eval()
+        self.sae, self.decode = self.sae.to(rt.device).eval(), rt.decode
         stream = open_stream(cfg, run.lm)
         self.plan = plan = ChunkPlan(stream, cfg.num_tokens, cfg.chunk_tokens)
         if min(plan.rows_in_chunk(c) for c in range(plan.num_chunks)) == 0:
             raise UserError(f"--chunk_tokens {cfg.chunk_tokens} leaves a chunk without training windows: "
                             "use larger chunks")
-
-        def codes_of(rows: torch.Tensor) -> SAECodes:
-            return sae_codes(sae, rows, self.norm, cfg.sae_k, cfg.top_n_features, rt.decode, EVAL_BATCH_ROWS)
-
         started = time.perf_counter()
-        self.val_codes = codes_of(stream.val_rows(max(1, cfg.val_tokens // cfg.window), within=plan.num_windows))
+        self.val_codes = self.codes_of(stream.val_rows(max(1, cfg.val_tokens // cfg.window), within=plan.num_windows))
         val_seconds = time.perf_counter() - started
         self.sample_per_chunk = math.ceil(self.val_codes.residual.shape[0] / plan.num_chunks)
         self.train_sample: dict[int, SAECodes] = {}
 
         def convert(chunk: int, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
             """The chunk's NFM data, keeping a fixed sample of it for the training figures."""
-            codes = codes_of(rows)
+            codes = self.codes_of(rows, chunk)
             generator = torch.Generator().manual_seed(cfg.seed + chunk)
             sampled = torch.randperm(rows.shape[0], generator=generator)[:self.sample_per_chunk]
             self.train_sample[chunk] = subset(codes, sampled)
@@ -78,6 +74,12 @@ class Stage2(TrainedStage):
                  "sae1": run.inputs[0].record()}
         return StageData(self.batches, lambda m, b: nfm_loss(m, b, rt.decode), validate, self.norm, record, extra,
                          train_steps=self.batches.total_steps, load_seconds=lambda: self.chunks.seconds + val_seconds)
+
+    def codes_of(self, rows: torch.Tensor, chunk: int | None = None) -> SAECodes:
+        """The NFM's data for raw LM rows of a training chunk (``None``: the held-out rows): the SAE's codes and the
+        residual it leaves, the NFM's target (the controls of METHOD §14 change the target here)."""
+        cfg = self.cfg
+        return sae_codes(self.sae, rows, self.norm, cfg.sae_k, cfg.top_n_features, self.decode, EVAL_BATCH_ROWS)
 
     def build(self, run: StageRun) -> NFM:
         cfg = self.cfg

@@ -30,6 +30,7 @@ class Run:
     name: str
     inputs: tuple[tuple[str, str], ...] = ()  # (flag, run name) of every earlier run's directory it reads
     extra: tuple[str, ...] = ()  # fixed flags of this run (e.g. --original_eval)
+    in_main_job: bool = True  # False: only study.py runs it (the controls that cost too much for the main job)
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,36 @@ def _both(name: str, inputs: tuple[tuple[str, str], ...], chained: tuple[str, st
     return Run(name, plain), Run(name + "_original", original, ORIGINAL)
 
 
+NFM_ONE_PROCESS = ("its step of 130 rows would all-reduce the gradient of the F x d linear weight (640 MB at the "
+                   "paper's shapes) every step, more than the step's own forward and backward (SPEC §9)")
+JOINT_ONE_PROCESS = ("its step of 64 rows would all-reduce 2 GB of gradients every step, more than the step's own "
+                     "forward and backward (about 5 ms on an H100; SPEC §9)")
+NFM_PRESETS = {
+    "cpu": dict(sae_k=45, top_n_features=45, chunk_tokens=30_000, epochs_per_chunk=5, val_every=500,
+                checkpoint_every=1_000, log_every=50, original_decay_steps=100),
+    "tiny": dict(sae_k=5, top_n_features=5, chunk_tokens=4_096, epochs_per_chunk=2, batch_size=64,
+                 val_every=20, checkpoint_every=20, log_every=10, original_decay_steps=10)}
+JOINT_PRESETS = {
+    # 15 chunks x 70 training windows x 2 epochs at batch 64: about 4,200 steps
+    "cpu": dict(top_n_features=92, chunk_tokens=10_000, epochs_per_chunk=2, val_every=500,
+                checkpoint_every=1_000, log_every=50, original_decay_steps=200),
+    "tiny": dict(top_n_features=10, chunk_tokens=4_096, epochs_per_chunk=2, batch_size=64, val_every=20,
+                 checkpoint_every=20, log_every=10, original_decay_steps=10)}
+KL14_PRESETS = {
+    # ≈14 s per batch of 8 windows on 2 free cores (1 clean + 16 patched passes of the blocks after layer 15)
+    "cpu": dict(num_wiki_samples=56, batch_size=8),
+    "tiny": dict(num_wiki_samples=16, batch_size=8, num_epsilon_samples=2)}
+# the planted ground truth's recall against s, the NFM on the true codes and on an SAE's codes
+PLANTED_SWEEP = ("--strengths", "0", "0.25", "0.5", "1", "2", "--sae_variant")
+CONTROLS = "Controls: can the claim fail?"
+JOINT_AND_INPUTS = (*SAE_AND_NFM, ("--joint_model_path", "joint"))
+
+
+def _study(name: str, inputs: tuple[tuple[str, str], ...], *extra: str) -> Run:
+    """A control that only study.py's controls question runs (METHOD §14: what it costs)."""
+    return Run(name, inputs, extra, in_main_job=False)
+
+
 # Pipeline order of the paper: 1 → 2 → 3 → 5 → 4 → 6 → 7 → 8, then the behavioral scripts of METHOD §10 on stages
 # 1-3. The KL and behavioral stages run as trained and as the original evaluated.
 _STAGES = (
@@ -76,34 +107,19 @@ _STAGES = (
               "tiny": dict(train_steps=100, stop_at_step=None, batch_size=256, val_every=50, checkpoint_every=50,
                            log_every=10)}),
     Stage("nfm", "part2d_residual_NFM_streaming.py", "NFMConfig", "Stage 2: sequential NFM",
-          _trained("nfm", SAE_AND_NFM[0]), trains=True, text="train",
-          one_process="its step of 130 rows would all-reduce the gradient of the F x d linear weight (640 MB at the "
-                      "paper's shapes) every step, more than the step's own forward and backward (SPEC §9)",
-          presets={
-              "cpu": dict(sae_k=45, top_n_features=45, chunk_tokens=30_000, epochs_per_chunk=5, val_every=500,
-                          checkpoint_every=1_000, log_every=50, original_decay_steps=100),
-              "tiny": dict(sae_k=5, top_n_features=5, chunk_tokens=4_096, epochs_per_chunk=2, batch_size=64,
-                           val_every=20, checkpoint_every=20, log_every=10, original_decay_steps=10)}),
+          _trained("nfm", SAE_AND_NFM[0]), trains=True, text="train", one_process=NFM_ONE_PROCESS,
+          presets=NFM_PRESETS),
     Stage("sae2", "part10_sae_decomp_of_NFM.py", "SAE2Config", "Stage 3: secondary SAE",
           _trained("sae2", *SAE_AND_NFM), trains=True, text="train", splits=BY_ROWS, presets={
               "cpu": dict(train_steps=1_000, val_every=250, checkpoint_every=500, log_every=50),
               "tiny": dict(train_steps=60, batch_size=256, nfm_batch_size=64, val_every=20, checkpoint_every=20,
                            log_every=10)}),
     Stage("joint", "part15_joint_SAENFM.py", "JointConfig", "Stage 5: joint", _trained("joint", *SAE_AND_NFM),
-          trains=True, text="train",
-          one_process="its step of 64 rows would all-reduce 2 GB of gradients every step, more than the step's own "
-                      "forward and backward (about 5 ms on an H100; SPEC §9)",
-          presets={
-              # 15 chunks x 70 training windows x 2 epochs at batch 64: about 4,200 steps
-              "cpu": dict(top_n_features=92, chunk_tokens=10_000, epochs_per_chunk=2, val_every=500,
-                          checkpoint_every=1_000, log_every=50, original_decay_steps=200),
-              "tiny": dict(top_n_features=10, chunk_tokens=4_096, epochs_per_chunk=2, batch_size=64, val_every=20,
-                           checkpoint_every=20, log_every=10, original_decay_steps=10)}),
-    Stage("kl14", "part14_kl_tests.py", "KL14Config", "KL, sequential (part14)", _both("kl14", SAE_AND_NFM),
-          text="eval", splits=BY_WINDOWS, presets={
-              # ≈14 s per batch of 8 windows on 2 free cores (1 clean + 16 patched passes of the blocks after layer 15)
-              "cpu": dict(num_wiki_samples=56, batch_size=8),
-              "tiny": dict(num_wiki_samples=16, batch_size=8, num_epsilon_samples=2)}),
+          trains=True, text="train", one_process=JOINT_ONE_PROCESS, presets=JOINT_PRESETS),
+    Stage("kl14", "part14_kl_tests.py", "KL14Config", "KL, sequential (part14)",
+          (*_both("kl14", SAE_AND_NFM),
+           _study("kl14_nfm_linear", (SAE_AND_NFM[0], ("--nfm_model_path", "nfm_linear")))),
+          text="eval", splits=BY_WINDOWS, presets=KL14_PRESETS),
     Stage("ortho", "part16_orthogonality.py", "OrthoConfig", "Orthogonality (part16)",
           (Run("ortho", (("--sae1_model_path", "sae1"), ("--sae2_model_path", "joint"))),), uses_lm=False,
           resumable=False),
@@ -113,7 +129,9 @@ _STAGES = (
               # the tiny joint model trains too briefly for any squared norm to reach the paper's 0.2
               "tiny": dict(split=0.1)}),
     Stage("kl18", "part18_joint_kl.py", "KL18Config", "KL, joint (part18)",
-          _both("kl18", (("--joint_model_path", "joint"),)), text="eval", splits=BY_WINDOWS, presets={
+          (*_both("kl18", (("--joint_model_path", "joint"),)),
+           _study("kl18_joint_linear", (("--joint_model_path", "joint_linear"),))), text="eval", splits=BY_WINDOWS,
+          presets={
               "cpu": dict(num_wiki_samples=24, batch_size=8),
               "tiny": dict(num_wiki_samples=16, batch_size=8, num_epsilon_samples=2)}),
     Stage("sparsity", "part4_NFM_sparsity_inspector.py", "SparsityConfig", "NFM weight rows (part4)",
@@ -138,6 +156,33 @@ _STAGES = (
               "cpu": dict(null_features=100, generation_tokens=20),
               "tiny": dict(sentences_per_cell=8, null_features=5, permutations=200, generation_tokens=5,
                            word_list="tiny")}),
+    # The controls of METHOD §14, after the models they control for. The main job runs the ridge map and the small
+    # planted ground truth (about a minute of CPU at the cpu preset); study.py's controls question runs the rest.
+    Stage("ridge", "control_ridge.py", "RidgeControlConfig", CONTROLS, (Run("ridge", SAE_AND_NFM),), text="train",
+          resumable=False),
+    Stage("nfm_control", "control_nfm.py", "NFMControlConfig", CONTROLS, (
+        _study("nfm_linear", SAE_AND_NFM, "--pathways", "linear"),
+        _study("nfm_shuffled", SAE_AND_NFM, "--target", "shuffled"),
+        _study("nfm_beyond_ridge", (*SAE_AND_NFM, ("--ridge_path", "ridge")), "--target", "beyond_ridge")),
+          trains=True, text="train", one_process=NFM_ONE_PROCESS, presets=NFM_PRESETS),
+    Stage("joint_linear", "control_joint_linear.py", "JointLinearConfig", CONTROLS,
+          (_study("joint_linear", JOINT_AND_INPUTS),), trains=True, text="train", one_process=JOINT_ONE_PROCESS,
+          presets=JOINT_PRESETS),
+    Stage("sae_control", "control_sae_matched.py", "SAEControlConfig", CONTROLS, (
+        _study("sae_matched", JOINT_AND_INPUTS), _study("sae_untied", JOINT_AND_INPUTS, "--no-tied"),
+        _study("sae_params", JOINT_AND_INPUTS, "--match_parameters")),
+          trains=True, text="train", one_process=JOINT_ONE_PROCESS, presets=JOINT_PRESETS),
+    Stage("kl_control", "control_kl.py", "KLControlConfig", CONTROLS,
+          tuple(_study(f"kl_{name}", (("--sae_model_path", name), ("--joint_model_path", "joint")))
+                for name in ("sae_matched", "sae_untied", "sae_params")),
+          text="eval", splits=BY_WINDOWS, presets=KL14_PRESETS),
+    Stage("planted", "control_planted.py", "PlantedConfig", CONTROLS,
+          (Run("planted"), _study("planted_sweep", (), *PLANTED_SWEEP),
+           _study("planted_recipe_eps", (), "--adam_eps", "1e-5")), uses_lm=False, resumable=False, presets={
+              # the main job's: the strongest s and the twin, true codes (about 20 s); the sweep runs in the study
+              "cpu": dict(strengths=[0.0, 2.0], sae_variant=False, rows=20_000, train_steps=1_500),
+              "tiny": dict(dictionary=48, d_model=32, fire_probability=0.15, pairs=4, strengths=[0.0, 2.0], rows=6_000,
+                           train_steps=800, nfm_embed_dim=16, lr=1e-2, sae_variant=False)}),
     # tools run by hand, not by reproduce.py
     Stage("export", "export_sae.py", "ExportConfig", "", uses_lm=False, resumable=False),
 )
@@ -161,11 +206,16 @@ def preset_entries(preset: str) -> dict[str, dict[str, Any]]:
             **{name: stage.presets[preset] for name, stage in STAGES.items() if preset in stage.presets}}
 
 
-def pipeline_runs() -> list[tuple[Stage, Run]]:
-    """Every run of reproduce.py's pipeline, in order, with its stage."""
+def all_runs() -> list[tuple[Stage, Run]]:
+    """Every run of a stage that reproduce.py or study.py makes, in order, with its stage."""
     return [(stage, run) for stage in _STAGES for run in stage.runs]
 
 
+def pipeline_runs() -> list[tuple[Stage, Run]]:
+    """Every run of reproduce.py's pipeline (its main job), in order, with its stage."""
+    return [(stage, run) for stage, run in all_runs() if run.in_main_job]
+
+
 def stage_of(run_name: str) -> Stage:
-    """The stage a pipeline run (``kl14_original``, ``clamp_linear``) belongs to."""
-    return next(stage for stage, run in pipeline_runs() if run.name == run_name)
+    """The stage a run (``kl14_original``, ``clamp_linear``, ``sae_untied``) belongs to."""
+    return next(stage for stage, run in all_runs() if run.name == run_name)

@@ -18,3 +18,7 @@ Pathway = Literal["secondary", "linear", "none"]
 WordList = Literal["design", "tiny"]
 Interpreter = Literal["none"]
 ExportFormat = Literal["saelens", "sparsify"]
+NFMTarget = Literal["residual", "beyond_ridge", "shuffled"]
+"""What a control NFM (METHOD §14) predicts: the SAE's residual, what a ridge map of x leaves, or another row's."""
+NFMPathways = Literal["both", "linear"]
+"""both: the NFM as the paper has it; linear: its interaction pathway removed (its output layer zero and frozen)."""

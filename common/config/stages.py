@@ -11,6 +11,7 @@ from common.config.concepts import (
     ClampSettings,
     JointInput,
     KLConfig,
+    LMConfig,
     NFMInput,
     NFMShapeConfig,
     OverwriteConfig,
@@ -24,7 +25,7 @@ from common.config.concepts import (
     TrainedStageConfig,
 )
 from common.config.fields import like, opt
-from common.config.modes import ExportFormat, Interpreter, Pathway, RankBy, WordList
+from common.config.modes import ExportFormat, Interpreter, NFMPathways, NFMTarget, Pathway, RankBy, WordList
 from common.registry import STAGES
 
 
@@ -162,6 +163,73 @@ class ExportConfig(RunConfig, OverwriteConfig, SAE1Input):
                                  "(SparseCoder.load_from_disk reads it)")
     output_dir: str = opt("exported_sae", "output directory: the format's files plus feature_integration.json",
                           output=True)
+
+
+# ---- the controls of METHOD §14 -------------------------------------------------------------------------------------
+
+
+@dataclass
+class RidgeControlConfig(RunConfig, LMConfig, OverwriteConfig, SAE1Input, NFMInput):
+    output_dir: str = like(AnalysisConfig, "output_dir", "ridge_control")
+    alphas: list[float] = opt([0.1, 1.0, 10.0, 100.0, 1_000.0, 10_000.0, 100_000.0], "ridge penalties tried on the "
+                              "set-aside training windows", nargs="+", type=float)
+    alpha_every: int = opt(10, "every Nth training window is set aside for choosing the penalty")
+
+
+@dataclass
+class NFMControlConfig(NFMConfig):
+    checkpoint_dir: str = like(TrainedStageConfig, "checkpoint_dir", "checkpoints_nfm_control")
+    target: NFMTarget = opt("residual", "residual: the SAE's residual (stage 2's); beyond_ridge: what the ridge map "
+                                        "of --ridge_path leaves of it; shuffled: another row's residual (a seeded "
+                                        "permutation within each chunk)")
+    pathways: NFMPathways = opt("both", "both, or linear: the interaction pathway removed")
+    nfm_model_path: str = like(NFMInput, "nfm_model_path", "checkpoints_nfm",
+                               "the stage-2 NFM compared on the same held-out rows")
+    ridge_path: str | None = opt(None, "control_ridge.py's output directory (--target beyond_ridge)", input="dir")
+
+
+@dataclass
+class JointLinearConfig(JointConfig):
+    checkpoint_dir: str = like(TrainedStageConfig, "checkpoint_dir", "checkpoints_joint_linear")
+    joint_model_path: str = like(JointInput, "joint_model_path", "checkpoints_joint",
+                                 "the stage-5 joint model compared on the same held-out rows")
+
+
+@dataclass
+class SAEControlConfig(JointConfig):
+    checkpoint_dir: str = like(TrainedStageConfig, "checkpoint_dir", "checkpoints_sae_control")
+    joint_model_path: str = like(JointLinearConfig, "joint_model_path", "checkpoints_joint")
+    match_parameters: bool = opt(False, "features added until the SAE's trainable parameters equal the joint "
+                                        "model's (K kept)")
+
+
+@dataclass
+class KLControlConfig(KLConfig, JointInput):
+    output_dir: str = like(KLConfig, "output_dir", "kl_results_sae_control")
+    sae_model_path: str = opt("checkpoints_sae_control", "the control SAE (control_sae_matched.py's directory)",
+                              input="dir")
+
+
+@dataclass
+class PlantedConfig(RunConfig, OverwriteConfig):
+    """No paper counterpart: the defaults are the size reported (METHOD §14)."""
+
+    output_dir: str = like(AnalysisConfig, "output_dir", "planted_ground_truth")
+    d_model: int = opt(64, "width of the synthetic activations")
+    dictionary: int = opt(128, "true features (rows of the dictionary D)")
+    fire_probability: float = opt(0.06, "probability that a feature fires in a row")
+    pairs: int = opt(10, "planted pairs P")
+    strengths: list[float] = opt([0.0, 0.25, 0.5, 1.0, 2.0], "interaction strengths s (0 is the twin)", nargs="+",
+                                 type=float)
+    noise: float = opt(0.05, "std of the Gaussian noise per dimension")
+    rows: int = opt(40_000, "training rows (plus a quarter as many held out)")
+    train_steps: int = like(TrainConfig, "train_steps", 3_000)
+    batch_size: int = like(TrainedStageConfig, "batch_size", 256)
+    nfm_embed_dim: int = like(NFMShapeConfig, "nfm_embed_dim", 32)
+    lr: float = like(TrainConfig, "lr", 1e-2)
+    adam_eps: float = like(TrainConfig, "adam_eps", 1e-8, "Adam epsilon (torch's default; the pipeline's 1e-5 holds "
+                                                        "the interaction pathway at its small initialization here)")
+    sae_variant: bool = opt(True, "also run SAE → NFM (the SAE's features matched to D by decoder cosine)")
 
 
 STAGE_CONFIGS: dict[str, type] = {name: globals()[stage.config] for name, stage in STAGES.items()}

@@ -21,7 +21,10 @@ from common.store.stage_files import METRICS_FILE, WEIGHTS_FILE, read_stage, req
 
 log = logging.getLogger(__name__)
 
-SAE_STAGES = ("sae1", "joint")  # a joint directory's SAE part loads wherever a stage-1 directory is accepted
+# A control of METHOD §14 holds its model's kind, so it loads wherever that model is accepted.
+NFM_STAGES = ("nfm", "nfm_control")
+JOINT_STAGES = ("joint", "joint_linear")
+SAE_STAGES = ("sae1", "sae_control", *JOINT_STAGES)  # a joint directory's SAE part loads as a stage-1 directory
 PROVENANCE_KEYS = ("model_id", "model_fingerprint", "layer", "d_model")
 
 
@@ -73,19 +76,19 @@ def load_sae(path: str | Path, flag: str = "--sae1_model_path") -> tuple[TopKSAE
                             NormStats.identity(imported.sae.d_model))
         return imported.sae, source.norm_stats(), source
     source = open_input(path, flag, SAE_STAGES)
-    sae = TopKSAE.load(source.folder, part="sae" if source.config["stage"] == "joint" else "")
+    sae = TopKSAE.load(source.folder, part="sae" if source.config["stage"] in JOINT_STAGES else "")
     return sae, source.norm_stats(), source
 
 
 def load_nfm(path: str | Path, flag: str = "--nfm_model_path") -> tuple[NFM, StageInput]:
     """The stage-2 NFM (fp32, CPU) and where it came from (its config records the SAE's inference K and top-N)."""
-    source = open_input(path, flag, ("nfm",))
+    source = open_input(path, flag, NFM_STAGES)
     return NFM.load(source.folder), source
 
 
 def load_joint(path: str | Path, flag: str = "--joint_model_path") -> tuple[JointSAENFM, NormStats, StageInput]:
     """The stage-5 joint model (fp32, CPU), its normalization stats and where it came from."""
-    source = open_input(path, flag, ("joint",))
+    source = open_input(path, flag, JOINT_STAGES)
     return JointSAENFM.load(source.folder), source.norm_stats(), source
 
 

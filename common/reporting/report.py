@@ -13,12 +13,14 @@ from common.paper import text as paper_text
 from common.registry import stage_of
 from common.reporting.rows import ROWS, Row
 from common.reporting.rows_behavior import BEHAVIOR_ROWS
-from common.stages.pipeline import PIPELINE
+from common.reporting.rows_controls import CONTROL_ROWS
+from common.stages.pipeline import BY_NAME, PIPELINE
 from common.store.reads import load_json
 from common.store.savers import atomic_save_json, atomic_save_text
 
-# Each stage's output file, as reproduce.py runs the stages.
-STAGE_FILES = {run.name: f"{run.name}/{run.done_file}" for run in PIPELINE}
+# Each stage's output file, as reproduce.py and study.py run the stages; the main job's are all expected in a run.
+STAGE_FILES = {name: f"{name}/{run.done_file}" for name, run in BY_NAME.items()}
+MAIN_JOB = tuple(run.name for run in PIPELINE)
 
 
 def format_value(value: Any, kind: str) -> str:
@@ -67,9 +69,11 @@ def section_of(row: Row) -> str:
 def evaluate_rows(outputs: dict[str, Any]) -> list[dict[str, Any]]:
     """Each row's value (and its original evaluation's) read from the stage outputs, and its rule applied to it."""
     out = []
-    for row in ROWS + BEHAVIOR_ROWS:
+    for row in ROWS + BEHAVIOR_ROWS + CONTROL_ROWS:
         entry = {"section": section_of(row), "name": row.name, "paper": paper_figure(row), "source": row.source,
                  "value": lookup(outputs, row.source), "kind": row.kind, "rule": row.rule.text if row.rule else ""}
+        if row.if_fails:
+            entry["if_fails"] = row.if_fails
         if row.ci:
             entry["ci_source"], entry["ci"] = row.ci, lookup_optional(outputs, row.ci)
         if row.original:
@@ -116,7 +120,7 @@ def write_report(out_dir: Path, args: dict[str, Any], timings: dict[str, dict], 
     ``study_file``: a study.json of this preset, quoted in the "Why the numbers differ" section."""
     out_dir = Path(out_dir)
     outputs = {stage: load_json(out_dir / path) for stage, path in STAGE_FILES.items() if (out_dir / path).is_file()}
-    missing = sorted(set(STAGE_FILES) - set(outputs))
+    missing = sorted(set(MAIN_JOB) - set(outputs))
     table = evaluate_rows(outputs) if not missing else []
     sae1 = load_json(out_dir / "sae1" / "config.json") if (out_dir / "sae1" / "config.json").is_file() else {}
     header = {
@@ -205,6 +209,10 @@ def _markdown(header: dict, table: list[dict], out_dir: Path) -> str:
         for row in (row for row in table if row["section"] == section):
             stages += [row[key].split(":")[0] for key in ("source", "original_source") if key in row]
             lines.append(_markdown_row(row))
+        failing = [row for row in table if row["section"] == section and row.get("if_fails")]
+        if failing:
+            lines += ["", "What a failing control would mean:", "",
+                      *[f"- **{row['name']}**: {row['if_fails']}." for row in failing]]
         lines += _figures(out_dir, [stage for stage in dict.fromkeys(stages) if stage not in shown])
         shown.update(stages)
     rest = [folder.name for folder in sorted(out_dir.iterdir()) if folder.is_dir() and folder.name not in shown]

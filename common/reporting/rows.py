@@ -31,6 +31,7 @@ class Row:
     original: bool = False  # the same key of the stage's _original run, where the KL or behavioral stage ran both
     section: str | None = None  # default: the stage's section in common.registry
     ci: str | None = None  # "stage:key.path" of the value's confidence interval {"low", "high", "level"}
+    if_fails: str = ""  # a control's row: what a failing result would mean (METHOD §14)
 
     @property
     def stage(self) -> str:

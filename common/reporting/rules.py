@@ -78,3 +78,17 @@ def source_below(source: str, bound: float, text: str) -> Rule:
 
 def equals(target: Any, text: str) -> Rule:
     return Rule(text, lambda v, read: v == target)
+
+
+def ci_above_zero(ci: str, text: str) -> Rule:
+    """The confidence interval at ``ci`` ({"low", "high", "level"}) lies above 0."""
+    return Rule(text, lambda v, read: read(ci)["low"] > 0)
+
+
+def ci_not_above_zero(ci: str, text: str) -> Rule:
+    """The confidence interval at ``ci`` reaches 0 or lies below it (a control that should find nothing)."""
+    return Rule(text, lambda v, read: read(ci)["low"] <= 0)
+
+
+def ci_contains_zero(ci: str, text: str) -> Rule:
+    return Rule(text, lambda v, read: read(ci)["low"] <= 0 <= read(ci)["high"])

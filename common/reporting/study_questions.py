@@ -14,6 +14,7 @@ from common.paper import value as paper_value
 from common.reporting.report import lookup, paper_figure, section_of
 from common.reporting.rows import ROWS, Row
 from common.reporting.study_bimodality import bimodality_section
+from common.reporting.study_controls import control_runs, controls
 from common.reporting.study_plan import (
     SEED_STAGES,
     SEEDS,
@@ -188,6 +189,7 @@ QUESTIONS: dict[str, Question] = {
     "length": Question("Training length: stages 1 and 5 at 3x", length_runs, length),
     "seeds": Question("Seeds: the chain 1 → 2 → 5 → 14 → 16 → 17 → 18 under each seed", seed_runs, seeds),
     "bimodality": Question("Bimodality done right", no_runs, bimodality_section),
+    "controls": Question("Controls: can the claim fail?", control_runs, controls),
 }
 
 

@@ -45,6 +45,8 @@ class KLStage:
     title: str
     paper: str  # the paper's figures, printed under the table
     extra: dict[str, Any]
+    # more figures for results.json from the per-position file (the controls' CIs over windows, METHOD §14)
+    figures: Callable[[Path], dict[str, Any]] | None = None
 
 
 def check_kl_settings(cfg: KLConfig, checkpoint_layer: int | None, flag: str) -> None:
@@ -116,7 +118,8 @@ def _evaluate(cfg: KLConfig, kl: KLStage, lm: LoadedLM, rt: Runtime, out: Path, 
         return {}
 
     results = {"stage": kl.stage, "original_eval": cfg.original_eval, "evaluation": evaluation,
-               **summarize(store, kl.labels, kl.reference, cfg.num_epsilon_samples)}
+               **summarize(store, kl.labels, kl.reference, cfg.num_epsilon_samples),
+               **(kl.figures(store) if kl.figures else {})}
     mode = "the original's evaluation (--original_eval)" if cfg.original_eval else "as trained"
     plot_results(store, kl.labels, out, f"{kl.title}, {mode}")
     write_results(out, results)

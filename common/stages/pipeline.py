@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.registry import Run, Stage, pipeline_runs
+from common.registry import Run, Stage, all_runs, pipeline_runs
 from common.store.stage_files import METRICS_FILE, RESULTS_FILE
 
 
@@ -65,5 +65,5 @@ class PipelineRun:
         return [part for flag, name in self.inputs for part in (flag, str(out_dir / name))] + list(self.run.extra)
 
 
-PIPELINE = tuple(PipelineRun(stage, run) for stage, run in pipeline_runs())
-BY_NAME = {run.name: run for run in PIPELINE}
+PIPELINE = tuple(PipelineRun(stage, run) for stage, run in pipeline_runs())  # reproduce.py's main job
+BY_NAME = {run.name: PipelineRun(stage, run) for stage, run in all_runs()}  # the study's runs too

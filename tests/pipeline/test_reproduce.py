@@ -100,7 +100,7 @@ STAGE_OUTPUTS = ("sae1/metrics.json", "nfm/metrics.json", "sae2/metrics.json", "
                  "kl18/results.json", "kl18_original/results.json", "discovery/results.json",
                  "discovery_original/results.json", "selection/results.json", "selection_original/results.json",
                  "clamp/results.json", "clamp_original/results.json", "clamp_linear/results.json",
-                 "sparsity/results.json")
+                 "sparsity/results.json", "ridge/results.json", "planted/results.json")
 BOTH_MODES = ("kl14", "kl18", "discovery", "selection", "clamp")  # stages with an --original_eval twin
 Outputs = dict[str, Any]  # stage name ("kl14") → its parsed output file
 
@@ -388,7 +388,38 @@ BEHAVIOR: dict[str, dict[str, Expected]] = {
         "linear control, m = -4: by-word interaction F": Expected(("clamp_linear/results.json", ("by_word", "F"))),
     },
 }
+
+
+def _ci_above(o: Outputs, stage: str, *keys: str) -> bool:
+    """Rule "95% CI above 0": the lower end of the CI record at the key path."""
+    return _at(o[stage], keys)["low"] > 0
+
+
+def _control(stage: str, *keys: str, verdict: Callable[[Outputs], bool] | None = None) -> Expected:
+    """A control's figure: the estimate of the CI record at the key path."""
+    return Expected((f"{stage}/results.json", (*keys, "estimate")), verdict=verdict)
+
+
+CONTROLS: dict[str, dict[str, Expected]] = {
+    "Controls: can the claim fail?": {
+        "ridge map of x: reduction of the SAE's error (held out)": _control("ridge", "ridge_reduction"),
+        "the NFM's reduction of the same error, same rows": _control("ridge", "nfm_reduction"),
+        "NFM − ridge map (points of the SAE's error)": _control(
+            "ridge", "nfm_minus_ridge", verdict=lambda o: _ci_above(o, "ridge", "nfm_minus_ridge")),
+        "planted pairs, strongest s: interaction gain of the NFM on the true codes": _control(
+            "planted", "strong", "interaction_gain",
+            verdict=lambda o: _ci_above(o, "planted", "strong", "interaction_gain")),
+        "planted pairs, strongest s: recall@|P| (pairs ranked by the second-order difference)": Expected(
+            ("planted/results.json", ("strong", "recall")), verdict=lambda o: o["planted"]["strong"]["recall"] >= 0.8),
+        # Rule "95% CI contains 0"
+        "twin (s = 0): interaction gain": _control(
+            "planted", "twin", "interaction_gain",
+            verdict=lambda o: o["planted"]["twin"]["interaction_gain"]["low"] <= 0
+            <= o["planted"]["twin"]["interaction_gain"]["high"]),
+    },
+}
 EXPECTED.update(BEHAVIOR)
+EXPECTED.update(CONTROLS)
 TABLE = {(section, name): expected for section, named in EXPECTED.items() for name, expected in named.items()}
 
 
