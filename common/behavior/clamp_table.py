@@ -16,30 +16,27 @@ from common.plots import plot_grouped_bars, plot_histograms, plot_interaction_li
 PAPER = BANNERS["clamp"]
 
 
-def _suffix(name: str) -> str:
-    """The paper design keeps the figure names of earlier versions; another design's carry its name."""
-    return "" if name == PAPER_DESIGN else f"_{name}"
-
-
-def _interaction_lines(name: str, target: dict[str, Any], folder: Path) -> None:
-    panels, intervals = {}, {}  # the lines: the design's own cell means; the error bars: the bootstrap's CIs
-    for value, cells in target["difference_of_differences"]["cell_mean_ci"].items():
-        means = target["tests_by_value"][value]["cell_means"]
-        key = f"m = {value}"
+def _interaction_lines(designs: dict[str, dict[str, Any]], primary: str, folder: Path) -> None:
+    """One panel per design at the primary multiplier: the design's own cell means, the bootstrap's CIs as bars."""
+    panels, intervals = {}, {}
+    for name, design in designs.items():
+        target = design["target"]
+        means = design["tests"][str(target["feature"])][primary]["cell_means"]
+        cells = target["difference_of_differences"]["cell_mean_ci"][primary]
+        key = f"{name} design, feature {target['feature']}, m = {primary}"
         panels[key] = {f"emotion {e}": (means[f"formal_{e}"], means[f"casual_{e}"]) for e in ("high", "low")}
         intervals[key] = {f"emotion {e}": [(cells[f"{f}_{e}"]["low"], cells[f"{f}_{e}"]["high"])
                                             for f in ("formal", "casual")] for e in ("high", "low")}
-    plot_interaction_lines(panels, folder / f"interaction_lines{_suffix(name)}.png",
-                           f"Feature {target['feature']}, {name} design: mean Δlogit by cell (95% CI over words and "
+    plot_interaction_lines(panels, folder / "interaction_lines.png", "Mean Δlogit by cell (95% CI over words and "
                            "prompts)", ("formal", "casual"), "Δlogit", intervals)
 
 
-def _word_scatter(name: str, design: dict[str, Any], d: Deltas, primary: str, folder: Path) -> None:
+def _word_scatter(design: dict[str, Any], d: Deltas, primary: str, folder: Path) -> None:
     values = list(next(iter(design["tests"].values())))
     words = d.logit[values.index(primary)].mean(axis=0).reshape(4, -1)  # the target's (cell, word), prompt means
     plot_points_by_group({cell: dict(zip(design["words"][cell], words[c])) for c, cell in enumerate(CELLS)},
-                         folder / f"word_scatter{_suffix(name)}.png",
-                         f"Δlogit per word, {name} design, m = {primary}", "Δlogit (prompt mean)")
+                         folder / "word_scatter.png", f"Δlogit per word, paper design, m = {primary}",
+                         "Δlogit (prompt mean)")
 
 
 def _nulls(name: str, design: dict[str, Any], primary: str, folder: Path) -> None:
@@ -49,7 +46,7 @@ def _nulls(name: str, design: dict[str, Any], primary: str, folder: Path) -> Non
     draws = {label: np.asarray(values)[np.isfinite(values)] for label, values in draws.items() if len(values)}
     if draws:
         observed = design["tests"][str(target["feature"])][primary]["by_word"]["F"]
-        plot_histograms(draws, folder / f"null_distribution{_suffix(name)}.png",
+        plot_histograms(draws, folder / "null_distribution.png",
                         f"By-word interaction F of the two nulls, {name} design, m = {primary}", "F",
                         vlines={f"feature {target['feature']}": observed})
 
@@ -69,15 +66,15 @@ def _dose_response(designs: dict[str, dict[str, Any]], folder: Path) -> None:
 
 
 def plot(results: dict[str, Any], measured: dict[str, Deltas], folder: Path) -> None:
+    """The interaction lines of both designs, the paper design's words, the primary design's nulls, the
+    dose-response, |Δ| per feature: five PNGs (each costs about as much as a statistic, so no more)."""
     if not results["chosen"]:
         return
-    primary = results["primary_test"]["value"]
-    for name, design in results["designs"].items():
-        target = {**design["target"], "tests_by_value": design["tests"][str(design["target"]["feature"])]}
-        _interaction_lines(name, target, folder)
-        _word_scatter(name, design, measured[name], primary, folder)
-        _nulls(name, design, primary, folder)
-    _dose_response(results["designs"], folder)
+    primary, designs = results["primary_test"]["value"], results["designs"]
+    _interaction_lines(designs, primary, folder)
+    _word_scatter(designs[PAPER_DESIGN], measured[PAPER_DESIGN], primary, folder)
+    _nulls(results["primary_design"], designs[results["primary_design"]], primary, folder)
+    _dose_response(designs, folder)
     tests = results["tests"]
     bars = {f"m = {v}": {f: tests[f][v]["mean_abs_dlogit"] for f in tests} for v in results["target_by_value"]}
     plot_grouped_bars(bars, folder / "effect_sizes.png", "Mean |Δlogit| of the target words (paper design)", "|Δlogit|")
