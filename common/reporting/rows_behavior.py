@@ -61,7 +61,7 @@ _PRIMARY_ROWS: list[Row] = [
     Row(f"{_P}.min_f.F", "primary design, m = -4: min F′ (Clark 1973)", "", "num", original=True),
     Row(f"{_P}.min_f.p", "primary design, m = -4: min F′ p", "", "num", original=True),
     Row(f"{_DOD}.logits", "primary design, m = -4: difference of differences (logits; CI over words and prompts)",
-        "", "num", Rule("CI excludes 0 and the fp32 noise floor's |DoD|", _beyond_floor),
+        "", "num", Rule("CI excludes 0 and lies beyond ± the fp32 noise floor's DoD", _beyond_floor),
         original=True, ci=f"{_DOD}.ci"),
     Row(f"{_DOD}.in_word_sds", "primary design, m = -4: difference of differences (word SDs)", "", "num",
         original=True, ci=f"{_DOD}.ci_in_word_sds"),
