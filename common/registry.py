@@ -137,7 +137,7 @@ _STAGES = (
            Run("clamp_linear", (*BEHAVIOR_INPUTS, ("--selection_dir", "selection")),
                ("--pathway", "linear", "--null_features", "0", "--null_directions", "0"))),
           resumable=False, presets={
-              "cpu": dict(null_features=100, null_directions=50, generation_tokens=20),
+              "cpu": dict(null_features=100, null_directions=25, generation_tokens=20),
               "tiny": dict(sentences_per_cell=8, null_features=5, null_directions=3, permutations=200,
                            generation_tokens=5, word_list="tiny")}),
     # tools run by hand, not by reproduce.py
