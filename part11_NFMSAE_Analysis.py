@@ -17,7 +17,7 @@ import numpy as np
 from common.behavior.run import attribution, text_means
 from common.behavior.screens import active_in, screen_interaction, screen_oneway
 from common.behavior.stimuli import CELLS
-from common.behavior.texts import ranked, stimulus_set
+from common.behavior.texts import StimulusSet, ranked, stimulus_set
 from common.config.stages import SelectionConfig
 from common.errors import UserError
 from common.models.loading import StageInput
@@ -30,6 +30,12 @@ from common.stages.opening import stage_config
 ANALYSIS = "selection"
 RANKINGS = {"interaction": "F", "omnibus": "F"}
 PAPER = BANNERS["selection"]
+
+
+def cell_means_on(values: np.ndarray, stimuli: StimulusSet, texts: np.ndarray) -> np.ndarray:
+    """(F2, 4) each feature's mean code per cell over the ``texts`` (a mask): the held-out ones, no feature was chosen
+    on them, or all."""
+    return np.stack([values[(stimuli.cell == c) & texts].mean(0) for c in range(len(CELLS))], axis=1)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -66,7 +72,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     counterexamples = [{"feature": int(i), "F": float(omnibus_all["F"][i]), "p": float(omnibus_all["p"][i])}
                        for i in usable[np.argsort(omnibus_all["F"][usable])][:2]]
     primaries = sorted({row["feature"] for factor in ("formality", "emotion") for row in discovery[factor]["top"]})
-    cell_means = np.stack([values[stimuli.cell == c].mean(0) for c in range(len(CELLS))], axis=1)  # (F2, 4)
+    cell_means, cell_means_all = (cell_means_on(values, stimuli, mask)
+                                  for mask in (stimuli.report, np.ones_like(stimuli.report)))
     results: dict[str, Any] = {
         "analysis": ANALYSIS, **run.describe(), "stimuli": stimuli.record, "rank_by": cfg.rank_by,
         "features": int(values.shape[1]), "eligible_features": int(eligible.sum()),
@@ -75,6 +82,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                  "p": float(omnibus_all["p"][best_omnibus]), "df": omnibus_all["df"]},
         "counterexamples": counterexamples,
         "target_cell_means": dict(zip(CELLS, cell_means[target].tolist())),
+        "target_cell_means_texts": "held out: the texts the target was not chosen on (all texts under --split none)",
+        "target_cell_means_all_texts": dict(zip(CELLS, cell_means_all[target].tolist())),
         "attribution": attribution(run, stimuli.texts, target, primaries),
         "attribution_rule": "mean drop of the target's code when one primary feature (of --discovery_dir's) is taken "
                             "out of the NFM's input, all others kept",
@@ -87,7 +96,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         shown = [target, *exploratory]
         z = cell_means[shown] - cell_means[shown].mean(1, keepdims=True)
         plot_heatmap(z / (cell_means[shown].std(1, keepdims=True) + 1e-12), [str(i) for i in shown], list(CELLS),
-                     folder / "heatmap.png", "Selected secondary features: mean code per cell", "z-scored mean code")
+                     folder / "heatmap.png", "Selected secondary features: mean code per cell (held-out texts)",
+                     "z-scored mean code")
 
     finish(run, results, plot)
     print(format_table(results))

@@ -263,15 +263,22 @@ def plot_by_position(means_by_condition: dict[str, np.ndarray], path: str | Path
     return _save(fig, path, title)
 
 
-def plot_interaction_lines(panels: dict[str, dict[str, tuple[float, float]]], path: str | Path, title: str,
-                           xlabels: tuple[str, str], ylabel: str) -> Path:
-    """One panel per condition (e.g. a multiplier); in each, one line per level of the second factor across the two
-    levels of the first: parallel lines mean no interaction."""
+def plot_interaction_lines(panels: dict[str, dict[str, tuple[float, ...]]], path: str | Path, title: str,
+                           xlabels: tuple[str, ...], ylabel: str,
+                           intervals: dict[str, dict[str, list[tuple[float, float]]]] | None = None) -> Path:
+    """One panel per condition (e.g. a multiplier); in each, one line per level of the second factor across the levels
+    of the first (two: parallel lines mean no interaction; or a dose, e.g. the multipliers). ``intervals``, keyed as
+    ``panels``: each point's (low, high), drawn as error bars."""
     fig, axes = _figure(len(panels))
     for ax, (name, lines) in zip(axes, panels.items()):
-        for i, (label, (left, right)) in enumerate(lines.items()):
-            ax.plot([0, 1], [left, right], marker="o", color=_color(i), label=label)
-        ax.set_xticks([0, 1], list(xlabels))
+        for i, (label, values) in enumerate(lines.items()):
+            x = np.arange(len(values))
+            ax.plot(x, values, marker="o", color=_color(i), label=label)
+            if intervals is not None:
+                low, high = np.asarray(intervals[name][label], dtype=np.float64).T
+                spread = np.maximum(0.0, [np.asarray(values) - low, high - np.asarray(values)])  # a percentile CI
+                ax.errorbar(x, values, yerr=spread, fmt="none", ecolor=_color(i), capsize=3)  # may miss its point
+        ax.set_xticks(range(len(xlabels)), list(xlabels))
         ax.axhline(0.0, color="grey", linewidth=0.5)
         ax.set_title(name)
         ax.set_ylabel(ylabel)

@@ -151,11 +151,13 @@ _STAGES = (
     Stage("clamp", "part13_logit_and_clamping_analysis_on_interaction_feature.py", "ClampConfig",
           "2×2 logit test (part13)",
           (*_both("clamp", BEHAVIOR_INPUTS, ("--selection_dir", "selection")),
-           Run("clamp_linear", (*BEHAVIOR_INPUTS, ("--selection_dir", "selection")), ("--pathway", "linear"))),
+           # the linear control's rows need its own Δ only, not the nulls of a feature it does not test
+           Run("clamp_linear", (*BEHAVIOR_INPUTS, ("--selection_dir", "selection")),
+               ("--pathway", "linear", "--null_features", "0", "--null_directions", "0"))),
           resumable=False, presets={
-              "cpu": dict(null_features=100, generation_tokens=20),
-              "tiny": dict(sentences_per_cell=8, null_features=5, permutations=200, generation_tokens=5,
-                           word_list="tiny")}),
+              "cpu": dict(null_features=100, null_directions=25, generation_tokens=20),
+              "tiny": dict(sentences_per_cell=8, null_features=5, null_directions=3, permutations=200,
+                           generation_tokens=5, word_list="tiny")}),
     # The controls of METHOD §14, after the models they control for. The main job runs the ridge map and the small
     # planted ground truth (about a minute of CPU at the cpu preset); study.py's controls question runs the rest.
     Stage("ridge", "control_ridge.py", "RidgeControlConfig", CONTROLS, (Run("ridge", SAE_AND_NFM),), text="train",
@@ -185,6 +187,13 @@ _STAGES = (
                            train_steps=800, nfm_embed_dim=16, lr=1e-2, sae_variant=False)}),
     # tools run by hand, not by reproduce.py
     Stage("export", "export_sae.py", "ExportConfig", "", uses_lm=False, resumable=False),
+    # part13's debugging tools under the original's names (METHOD §10)
+    Stage("clean_generations", "part13b_noClampHooks_openLlama3BTest.py", "CleanGenerationConfig", "",
+          resumable=False, presets={"tiny": dict(generation_tokens=5)}),
+    Stage("sae_splice", "part13c_primarySAE_hooksOnly.py", "SpliceConfig", "", resumable=False,
+          presets={"tiny": dict(generation_tokens=5)}),
+    Stage("sae_debug", "part13d_primarySAEdebugging.py", "SAEDebugConfig", "", text="eval", resumable=False,
+          presets={"cpu": dict(num_windows=200), "tiny": dict(num_windows=8, batch_size=8)}),
 )
 STAGES: dict[str, Stage] = {stage.name: stage for stage in _STAGES}
 

@@ -1,17 +1,18 @@
-"""part13's 2×2 logit test (METHOD §10): Δlogit of the design's target words at the prompts' last position when a
-feature is clamped, the tests of decision 1 on it, Holm over the family, the random-feature null, and the share of
-greedy tokens that changed."""
+"""part13's 2×2 logit test, the measurement (METHOD §10): Δlogit of a design's target words at its prompts' last
+position when a feature is clamped (or a random direction added), the clean model's baseline logits, the fp32 noise
+floor, the size of the target's change of the residual, and the share of greedy tokens a clamp changed. The analysis
+of one design is ``common.behavior.logit_design``."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import NamedTuple
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from common.behavior.pipeline import Clamp
 from common.behavior.run import BehaviorRun, greedy, last_position_logits, token_ids
-from common.behavior.statistics import by_word, difference_of_differences, holm, logit_2x2, null_percentile
 from common.behavior.stimuli import CELLS
 from common.lm.hooks import capture_layer
 
@@ -37,6 +38,12 @@ class WordGrid:
         return cls(words, torch.tensor(ids).reshape(2, 2, width))
 
 
+def reference_clamp(pathway: str) -> Clamp:
+    """The clamp every Δ is read against: a multiplier of 1, the unclamped pipeline (the clean model under --patch
+    delta)."""
+    return Clamp(pathway if pathway != "none" else "none", 0, 1.0, "multiply")
+
+
 def active_features(run: BehaviorRun, prompts: list[str], pathway: str) -> set[int]:
     """The features active on any real token of the prompts (secondary codes, or the NFM's primary inputs)."""
     found: set[int] = set()
@@ -49,28 +56,56 @@ def active_features(run: BehaviorRun, prompts: list[str], pathway: str) -> set[i
     return found
 
 
-def deltas(run: BehaviorRun, prompts: list[str], grid: WordGrid, pathway: str, features: list[int],
-           values: list[float], mode: str) -> dict[str, np.ndarray]:
-    """Δlogit and Δlogprob (features, values, P, 2, 2, W) against the unclamped pipeline (a multiplier of 1: the clean
-    model itself under --patch delta), and ``identity`` (P,): max |logit| difference of that reference from the clean
-    model."""
-    flat = grid.ids.flatten()
-    reference = Clamp(pathway, features[0] if features else 0, 1.0, "multiply")
-    clamps = [reference] + [Clamp(pathway, f, v, mode) for f in features for v in values]
-    logit, logprob, identity = [], [], []
+def mean_residual_change(run: BehaviorRun, prompts: list[str], clamp: Clamp, reference: Clamp) -> float:
+    """The mean L2 norm of what ``clamp`` changes in the residual against ``reference``, over every patched position of
+    the prompts (positions where the feature is silent count as 0): the size the random directions are given."""
+    total, positions = 0.0, 0
     for prompt in prompts:
-        clean, patched = last_position_logits(run, prompt, clamps)
-        identity.append(float((patched[0] - clean).abs().max()))
-        logps = torch.log_softmax(patched, dim=-1)
-        logit.append((patched[1:, flat] - patched[0, flat]).numpy())
+        residual = capture_layer(run.lm.model, token_ids(run, prompt), run.layer)
+        change = (run.pipeline.patched(residual, clamp, run.patch, run.first_position)
+                  - run.pipeline.patched(residual, reference, run.patch, run.first_position))
+        norms = change[0, run.first_position:].norm(dim=-1)
+        total, positions = total + float(norms.sum()), positions + norms.numel()
+    return total / max(1, positions)
+
+
+def random_directions(count: int, width: int, seed: int) -> torch.Tensor:
+    """(count, width) unit vectors, isotropic (normalized Gaussian draws), from ``seed``."""
+    draws = torch.randn(count, width, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return (draws / draws.norm(dim=1, keepdim=True)).float()
+
+
+class Deltas(NamedTuple):
+    """One design's measurements, in float64 NumPy arrays shaped like its 2×2 of words."""
+
+    logit: np.ndarray  # (clamps, P, 2, 2, W) Δlogit against the reference clamp
+    logprob: np.ndarray  # (clamps, P, 2, 2, W) Δ log-probability
+    baseline: np.ndarray  # (P, 2, 2, W) the clean model's logits of the words
+    noise: np.ndarray | None  # (P, 2, 2, W) the fp32 noise floor (None without a clamp)
+    identity: np.ndarray  # (P,) max |logit| difference of the reference from the clean model
+
+
+def deltas(run: BehaviorRun, prompts: list[str], grid: WordGrid, reference: Clamp, clamps: list[Clamp]) -> Deltas:
+    """Δlogit and Δlogprob of every clamp against ``reference`` (with --patch delta, the clean model itself) at each
+    prompt's last position, for the grid's words."""
+    flat = grid.ids.flatten()
+    logit, logprob, baseline, noise, identity = [], [], [], [], []
+    for prompt in tqdm(prompts, desc="prompts", unit="prompt", leave=False, disable=len(prompts) < 10):
+        out = last_position_logits(run, prompt, [reference, *clamps])
+        identity.append(float((out.patched[0] - out.clean).abs().max()))
+        logps = torch.log_softmax(out.patched, dim=-1)
+        logit.append((out.patched[1:, flat] - out.patched[0, flat]).numpy())
         logprob.append((logps[1:, flat] - logps[0, flat]).numpy())
-    shape = (len(features), len(values), len(prompts), *grid.ids.shape)
+        baseline.append(out.clean[flat].numpy())
+        noise.append(None if out.noise is None else out.noise[flat].numpy())
+    shape = (len(prompts), *grid.ids.shape)
 
-    def arrange(per_prompt: list[np.ndarray]) -> np.ndarray:  # (P, F·V, 4W) -> (F, V, P, 2, 2, W)
-        return np.moveaxis(np.stack(per_prompt).reshape(len(prompts), len(features), len(values), -1), 0, 2
-                           ).reshape(shape).astype(np.float64)
+    def arrange(per_prompt: list[np.ndarray]) -> np.ndarray:  # (P, clamps, 4W) -> (clamps, P, 2, 2, W)
+        return np.moveaxis(np.stack(per_prompt), 0, 1).reshape(len(clamps), *shape).astype(np.float64)
 
-    return {"logit": arrange(logit), "logprob": arrange(logprob), "identity": np.asarray(identity)}
+    floor = None if noise[0] is None else np.stack(noise).reshape(shape).astype(np.float64)
+    return Deltas(arrange(logit), arrange(logprob), np.stack(baseline).reshape(shape).astype(np.float64), floor,
+                  np.asarray(identity))
 
 
 def greedy_changed(run: BehaviorRun, prompts: list[str], reference: Clamp, clamps: list[Clamp],
@@ -84,35 +119,3 @@ def greedy_changed(run: BehaviorRun, prompts: list[str], reference: Clamp, clamp
         for i, row in enumerate(rows):
             changed[i] += sum(a != b for a, b in zip(row, base))
     return [count / max(1, total) for count in changed]
-
-
-def summarize(run: BehaviorRun, d: dict[str, np.ndarray], chosen: list[int], null: list[int], values: list[float],
-              permutations: int, prompts: list[str], pathway: str, mode: str, tokens: int) -> dict[str, Any]:
-    """Every chosen feature × value: the tests, mean |Δ|, greedy tokens changed; Holm over that family; each value's
-    null of the by-word F and the difference of differences over the null features, and the chosen ones' percentiles."""
-    # Against the unclamped pipeline, as Δlogit is: under --patch delta that is the clean model itself.
-    reference = Clamp(pathway, chosen[0], 1.0, "multiply")
-    grid = [(i, j, Clamp(pathway, feature, value, mode)) for i, feature in enumerate(chosen)
-            for j, value in enumerate(values)]
-    changed = greedy_changed(run, prompts, reference, [clamp for _, _, clamp in grid], tokens)
-    tests: dict[str, dict[str, Any]] = {str(feature): {} for feature in chosen}
-    for (i, j, clamp), share in zip(grid, changed):
-        stats = logit_2x2(d["logit"][i, j], permutations, seed=run.cfg.seed)
-        stats.update({"mean_abs_dlogit": float(np.abs(d["logit"][i, j]).mean()),
-                      "mean_abs_dlogprob": float(np.abs(d["logprob"][i, j]).mean()), "greedy_tokens_changed": share})
-        tests[str(clamp.feature)][value_key(clamp.value)] = stats
-    family = [(f, v) for f in tests for v in tests[f]]
-    for (f, v), p in zip(family, holm([tests[f][v]["by_word"]["p"] for f, v in family])):
-        tests[f][v]["holm_p"] = float(p)
-    nulls = {}
-    for j, value in enumerate(values):
-        null_stats = [by_word(d["logit"][len(chosen) + n, j]) for n in range(len(null))]
-        null_f = [s["F"] for s in null_stats]
-        null_dod = [difference_of_differences(d["logit"][len(chosen) + n, j]) for n in range(len(null))]
-        nulls[value_key(value)] = {"features": null, "F": null_f, "difference_of_differences": null_dod}
-        for f in tests:
-            entry = tests[f][value_key(value)]
-            entry["null_percentile"] = null_percentile(entry["by_word"]["F"], null_f)
-            entry["null_percentile_abs_dod"] = null_percentile(abs(entry["difference_of_differences"]),
-                                                               np.abs(null_dod))
-    return {"tests": tests, "null": nulls}

@@ -10,7 +10,7 @@ original's) puts the whole pipeline output with the clamp in place of the residu
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple, get_args
 
 import torch
@@ -49,12 +49,17 @@ class PipelineOutput(NamedTuple):
 @dataclass(frozen=True)
 class Clamp:
     """Scale (``multiply``) or set (``set``) the code of ``feature`` on ``pathway``: a secondary feature of the
-    interaction pathway, or a primary feature's linear-term contribution (the linear control)."""
+    interaction pathway, or a primary feature's linear-term contribution (the linear control). Pathway
+    ``direction``: no feature, but ``value`` times the unit ``vector`` (d, raw activation space) added at every
+    patched position to what the unclamped ``base`` pathway gives (the random-direction null, METHOD §10 decision 8):
+    the residual itself under --patch delta, the pipeline's output through that pathway under --patch replace."""
 
     pathway: str
     feature: int
     value: float
     mode: str = "multiply"
+    vector: Tensor | None = field(default=None, compare=False, repr=False)
+    base: str = "secondary"
 
     def code_change(self, code: Tensor) -> Tensor:
         """(N,) how much the clamp moves the code: (m − 1)·c when multiplying by m, v − c when setting it to v."""
@@ -73,6 +78,10 @@ class Pipeline:
 
     def to_raw(self, recon: Tensor) -> Tensor:
         return self.norm.denormalize(recon) if self.settings.normalize else recon.float()
+
+    def raw_scale(self) -> Tensor | float:
+        """What a change in the models' space is multiplied by in raw space: σ as trained, 1 on raw activations."""
+        return self.norm.std if self.settings.normalize else 1.0
 
     def run(self, raw: Tensor) -> PipelineOutput:
         with torch.no_grad(), torch.autocast(raw.device.type, enabled=False):
@@ -111,6 +120,9 @@ class Pipeline:
                 return change if patch == "delta" else out.sae_recon + out.linear + change + out.interaction
             if clamp.pathway == "none":
                 return torch.zeros_like(out.x) if patch == "delta" else out.sae_recon + out.linear + out.interaction
+            if clamp.pathway == "direction":  # raw space → the models' space, where ``patched`` scales by σ again
+                shift = (clamp.value * clamp.vector.to(out.x) / self.raw_scale()).expand_as(out.x)
+                return shift if patch == "delta" else self.output_change(out, Clamp(clamp.base, 0, 1.0), patch) + shift
             hidden = self._clamped_hidden(out, clamp, patch)
             interaction = self.nfm.readout(hidden)
             if patch == "delta":
@@ -142,12 +154,15 @@ class Pipeline:
         per_row = clamps if isinstance(clamps, list) else [clamps] * batch
         if len(per_row) != batch:
             raise ValueError(f"{len(per_row)} clamps for a batch of {batch}")
-        out = self.run(raw.reshape(-1, width).float())
-        change = torch.cat([self.output_change(_rows(out, b * length, (b + 1) * length), clamp, patch)
-                            for b, clamp in enumerate(per_row)]).reshape(batch, length, width)
+        if raw.stride(0) == 0:  # one residual expanded to every row (a prompt under many clamps): run it once
+            out = self.run(raw[0].float())
+            change = torch.stack([self.output_change(out, clamp, patch) for clamp in per_row])
+        else:
+            out = self.run(raw.reshape(-1, width).float())
+            change = torch.cat([self.output_change(_rows(out, b * length, (b + 1) * length), clamp, patch)
+                                for b, clamp in enumerate(per_row)]).reshape(batch, length, width)
         if patch == "delta":
-            scale = self.norm.std if self.settings.normalize else 1.0
-            new = raw.float() + change * scale
+            new = raw.float() + change * self.raw_scale()
         else:
             new = self.to_raw(change.reshape(-1, width)).reshape(batch, length, width)
         new[:, :first_position] = raw[:, :first_position].float()

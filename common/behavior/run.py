@@ -80,25 +80,35 @@ def text_means(run: BehaviorRun, texts: list[str]) -> TextMeans:
                      torch.tensor(tokens))
 
 
-def last_position_logits(run: BehaviorRun, prompt: str, clamps: list[Clamp]) -> tuple[Tensor, Tensor]:
+class PromptLogits(NamedTuple):
+    clean: Tensor  # (V,) the clean model's logits at the prompt's last position
+    patched: Tensor  # (len(clamps), V) each clamp's
+    noise: Tensor | None  # (V,) the reference in a batch minus the reference alone: floating-point order only
+
+
+def last_position_logits(run: BehaviorRun, prompt: str, clamps: list[Clamp]) -> PromptLogits:
     """The clean model's logits at the prompt's last position (V,), and each clamp's (len(clamps), V), in fp32: the
     blocks before the patch layer run once, the later ones for the clamps in batches. The first clamp is the
     reference every other one is read against: it is repeated at the head of each batch, so that a row and its
-    reference always pass through the same kernels and no batching noise enters their difference."""
+    reference always pass through the same kernels and no batching noise enters their difference. The reference's
+    first batched row against its pass alone is the same computation in another floating-point order: ``noise``
+    (None where no clamp follows the reference)."""
     ids = token_ids(run, prompt)
     residual = capture_layer(run.lm.model, ids, run.layer)
-    clean = run_from_layer(run.lm.model, residual, run.layer, ids)[0, -1].float()
+    clean = run_from_layer(run.lm.model, residual, run.layer, ids, last_only=True)[0, -1].float()
     if not clamps:
-        return clean, clean.new_zeros(0, clean.shape[0])
+        return PromptLogits(clean, clean.new_zeros(0, clean.shape[0]), None)
     reference, rest = clamps[0], clamps[1:]
     logits = [run_from_layer(run.lm.model, run.pipeline.patched(residual, reference, run.patch, run.first_position),
-                             run.layer, ids)[0, -1].float()[None]]  # alone, as the clean pass: the identity check
+                             run.layer, ids, last_only=True)[0, -1].float()[None]]  # alone, as the clean pass
+    noise = None
     for start in range(0, len(rest), CLAMP_BATCH - 1):
         chunk = [reference, *rest[start : start + CLAMP_BATCH - 1]]
         patched = run.pipeline.patched(residual.expand(len(chunk), -1, -1), chunk, run.patch, run.first_position)
-        batch = run_from_layer(run.lm.model, patched, run.layer, ids)[:, -1].float()
+        batch = run_from_layer(run.lm.model, patched, run.layer, ids, last_only=True)[:, -1].float()
         logits.append(batch[1:] - batch[:1] + logits[0])  # each row's change, against the reference of its batch
-    return clean, torch.cat(logits)
+        noise = batch[0] - logits[0][0] if noise is None else noise
+    return PromptLogits(clean, torch.cat(logits), noise)
 
 
 def greedy(run: BehaviorRun, prompt: str, clamps: list[Clamp | None], new_tokens: int) -> list[list[int]]:

@@ -1,9 +1,11 @@
 """The behavioral scripts' stimuli (METHOD §10, decision 7): one JSON data file, read and checked in one place.
 
-The file holds the 2×2 of formality (formal vs casual register) × emotion (high vs low intensity) three times over:
-two sentence sets (``discovery`` for part9b, ``selection`` for part11), the paper's target words (part13), which are
-the design and are used unchanged, and the five neutral logit prompts. ``common/behavior/stimuli.json`` is the shipped
-set, written for this project because the original's sentences were confounded by length and by function words;
+The file holds the 2×2 of formality (formal vs casual register) × emotion (high vs low intensity) four times over:
+two sentence sets (``discovery`` for part9b, ``selection`` for part11), the paper's target words and five neutral
+logit prompts (part13's "paper design", used unchanged), and the ``powered`` design, part13's primary one: its own
+target words (32 or more per cell) and prompts (20 or more), sized by power (METHOD §10 decision 8).
+``common/behavior/stimuli.json`` is the shipped set, written for this project because the original's sentences were
+confounded by length and by function words;
 ``--stimuli PATH`` reads any file of the same shape (a user's copy of the original's, say), so everything a script
 relies on is checked here and a bad file stops with one line instead of a traceback deep in a statistic.
 """
@@ -22,6 +24,8 @@ FORMALITY = ("formal", "casual")
 EMOTION = ("high", "low")
 CELLS = tuple(f"{formality}_{emotion}" for formality in FORMALITY for emotion in EMOTION)
 SETS = ("discovery", "selection")
+# part13's two designs: the primary one first. A file without a "powered" section has the paper design only.
+POWERED, PAPER_DESIGN = "powered", "paper"
 # Below four words a cell's mean Δlogit rests on too few words for the by-word 2×2 (METHOD §10 decision 7).
 MIN_WORDS_PER_CELL = 4
 FORMAT_VERSION = 1
@@ -43,11 +47,20 @@ def sentence_words(sentence: str) -> list[str]:
 
 
 @dataclass(frozen=True)
+class Design:
+    """One design of the 2×2 logit test: target words per cell and the neutral prompts they follow."""
+
+    words: dict[str, list[str]]
+    prompts: list[str]
+
+
+@dataclass(frozen=True)
 class Stimuli:
     """A loaded stimulus file. ``sets``: set name -> cell -> sentences; ``words`` / ``tiny_words``: cell -> target
     words for a real model / for the tiny random model (whose 512-piece vocabulary has none of the design words);
     ``factor_words``: the words that carry a factor (register markers, emotion words), the only ones allowed to
-    differ in frequency between cells; ``source``: the file it came from, for run records."""
+    differ in frequency between cells; ``powered``: the primary design's words and prompts, where the file has one;
+    ``source``: the file it came from, for run records."""
 
     sets: dict[str, dict[str, list[str]]]
     words: dict[str, list[str]]
@@ -57,6 +70,16 @@ class Stimuli:
     description: str
     source: str
     version: int = FORMAT_VERSION
+    powered: Design | None = None
+
+    def designs(self, word_list: str) -> dict[str, Design]:
+        """part13's designs, the primary one first: ``powered`` (where the file has it), then the paper's. With
+        ``word_list="tiny"`` the tiny model's words stand in for every design's words (its prompts stay)."""
+        designs = {} if self.powered is None else {POWERED: self.powered}
+        designs[PAPER_DESIGN] = Design(self.words, self.prompts)
+        if word_list == "tiny":
+            designs = {name: Design(self.tiny_words, design.prompts) for name, design in designs.items()}
+        return designs
 
 
 def words_per_cell(cells: dict[str, list[str]]) -> dict[str, float]:
@@ -157,6 +180,23 @@ def _word_lists(value: object, where: str) -> dict[str, list[str]]:
     return cells
 
 
+def _prompts(value: object, where: str) -> list[str]:
+    prompts = _strings(value, where, "prompts")
+    if not prompts:
+        raise _Bad(f"'{where}' is empty; the logit test needs at least one prompt")
+    return prompts
+
+
+def _powered(doc: dict) -> Design | None:
+    if "powered" not in doc:
+        return None
+    section = _object(doc["powered"], "powered")
+    missing = [key for key in ("words", "prompts") if key not in section]
+    if missing:
+        raise _Bad(f"powered lacks {' and '.join(repr(key) for key in missing)}")
+    return Design(_word_lists(section["words"], "powered.words"), _prompts(section["prompts"], "powered.prompts"))
+
+
 def _parse(doc: object) -> tuple:
     doc = _object(doc, "the file")
     version = doc.get("version", FORMAT_VERSION)
@@ -176,14 +216,12 @@ def _parse(doc: object) -> tuple:
     tiny_words = _word_lists(doc["tiny_words"], "tiny_words") if "tiny_words" in doc else words
     if "prompts" not in doc:
         raise _Bad("no 'prompts' (the neutral logit prompts)")
-    prompts = _strings(doc["prompts"], "prompts", "prompts")
-    if not prompts:
-        raise _Bad("'prompts' is empty; the logit test needs at least one prompt")
+    prompts = _prompts(doc["prompts"], "prompts")
     factor_words = [w.lower() for w in _strings(doc.get("factor_words", []), "factor_words", "words")]
     description = doc.get("description", "")
     if not isinstance(description, str):
         raise _Bad(f"'description' must be a string, got {type(description).__name__}")
-    return sets, words, tiny_words, prompts, factor_words, description, version
+    return sets, words, tiny_words, prompts, factor_words, description, version, _powered(doc)
 
 
 def load_stimuli(path: str | Path | None = None) -> Stimuli:
@@ -191,7 +229,8 @@ def load_stimuli(path: str | Path | None = None) -> Stimuli:
 
     Checked: valid JSON; both sets with all four cells, every cell of a set the same size (the 2×2 statistics and
     the even/odd split assume a balanced design), sentences non-empty strings; every word-list cell at least
-    ``MIN_WORDS_PER_CELL`` one-word strings; at least one prompt. Any failure is a ``UserError`` naming the file.
+    ``MIN_WORDS_PER_CELL`` one-word strings; at least one prompt; the same of the optional ``powered`` section.
+    Any failure is a ``UserError`` naming the file.
     Words are not checked against a tokenizer here: that depends on the model (``single_token_words``).
     """
     file = Path(path) if path is not None else STIMULI_FILE
@@ -207,8 +246,8 @@ def load_stimuli(path: str | Path | None = None) -> Stimuli:
         where = f"line {err.lineno}, column {err.colno}"
         raise UserError(f"stimulus file {file} is not valid JSON: {err.msg} ({where})") from None
     try:
-        sets, words, tiny_words, prompts, factor_words, description, version = _parse(doc)
+        sets, words, tiny_words, prompts, factor_words, description, version, powered = _parse(doc)
     except _Bad as err:
         raise UserError(f"stimulus file {file}: {err}") from None
     return Stimuli(sets=sets, words=words, tiny_words=tiny_words, prompts=prompts, factor_words=factor_words,
-                   description=description, source=str(file), version=version)
+                   description=description, source=str(file), version=version, powered=powered)

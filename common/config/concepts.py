@@ -179,5 +179,15 @@ class ClampSettings:
     generation_tokens: int = opt(50, "tokens of each greedy generation")
 
 
+@dataclass
+class ToolConfig(RunConfig, LMConfig, OverwriteConfig):
+    """What part13's debugging tools share (13b, 13c, 13d, METHOD §10): the LM by the original's flag too, one output
+    folder."""
+
+    model: str = opt(PAPER_MODEL, f"HF model id or local path, '{SMOLLM2_GGUF}', a .gguf file, or '{TINY_MODEL}'",
+                     aliases=("--model_path",))
+    output_dir: str = opt("debug_results", "output directory", output=True)
+
+
 # The configs of the stages that open the LM (common.stages.opening).
-LMStageConfig = TrainedStageConfig | KLConfig | BehaviorConfig
+LMStageConfig = TrainedStageConfig | KLConfig | BehaviorConfig | ToolConfig

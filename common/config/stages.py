@@ -21,6 +21,7 @@ from common.config.concepts import (
     SAEShapeConfig,
     SecondaryInput,
     StreamConfig,
+    ToolConfig,
     TrainConfig,
     TrainedStageConfig,
 )
@@ -150,11 +151,44 @@ class ClampConfig(BehaviorConfig, SecondaryInput, ClampSettings):
     selection_dir: str = like(MeaningConfig, "selection_dir", "selection_results")
     pathway: Pathway = opt("secondary", "secondary: clamp the selected secondary features; linear: the linear control, "
                                     "scaling the primary features that feed the target most; none: no clamp")
+    multipliers: list[float] = opt([-4.0, -2.0, 0.0, 2.0, 4.0], "clamp values: the original's m in {-4, 0, 4} and "
+                                   "-2, 2 for the dose-response slope", nargs="+", type=float)
+    primary_multiplier: float = opt(-4.0, "the pre-declared multiplier of the primary test (one of --multipliers; the "
+                                          "paper's headline m)")
     null_features: int = opt(200, "random secondary features active on the prompts, for the empirical null")
+    null_directions: int = opt(200, "random directions of the target's mean |change of the residual|, for the second "
+                                    "null")
     permutations: int = opt(10_000, "word-label permutations of the by-word interaction F")
-    word_list: WordList = opt("design", "design: the design's 4 x 8 target words; tiny: the stimulus file's "
-                                        "single-token words of the tiny model's vocabulary")
+    word_list: WordList = opt("design", "design: the stimulus file's designs (the powered one and the paper's 4 x 8 "
+                                        "words); tiny: its single-token words of the tiny model's vocabulary in both")
     lm_fp32: bool = opt(True, "run the LM in fp32 (the effects are about 1e-4 logits)")
+
+
+@dataclass
+class CleanGenerationConfig(ToolConfig):
+    output_dir: str = like(ToolConfig, "output_dir", "clean_generations")
+    stimuli: str | None = like(BehaviorConfig, "stimuli", None)
+    generation_tokens: int = opt(50, "tokens of each greedy generation", aliases=("--generation_length",))
+
+
+@dataclass
+class SpliceConfig(ToolConfig, SAE1Input):
+    output_dir: str = like(ToolConfig, "output_dir", "primary_sae_splice")
+    stimuli: str | None = like(BehaviorConfig, "stimuli", None)
+    generation_tokens: int = like(CleanGenerationConfig, "generation_tokens", 50)
+
+
+@dataclass
+class SAEDebugConfig(ToolConfig):
+    output_dir: str = like(ToolConfig, "output_dir", "primary_sae_debugging")
+    sae1_model_path: str = opt("checkpoints_topk", "the SAE: a stage-1 or joint checkpoint directory, or a SAELens or "
+                                                   "sparsify TopK directory (a pickled .pt file is refused)",
+                               aliases=("--sae_path", "--primary_sae_path"), input="dir")
+    top_k: int | None = opt(None, "active features per row when encoding (default: the SAE's own K)")
+    eval_text_files: list[str] | None = like(KLConfig, "eval_text_files", None)
+    num_windows: int = opt(1_000, "at most this many held-out windows (a shorter text is used whole)")
+    batch_size: int = opt(16, "windows per LM forward")
+    top_n: int = opt(20, "features listed as most frequent and as strongest")
 
 
 @dataclass

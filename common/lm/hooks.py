@@ -91,8 +91,11 @@ def capture_layer_and_logits(model: PreTrainedModel, input_ids: Tensor, layer: i
     return captured[0], logits
 
 
-def run_from_layer(model: PreTrainedModel, hidden: Tensor, layer: int, input_ids: Tensor | None = None) -> Tensor:
-    """Logits (B, T, V) from a layer-L residual: blocks L.., final norm, LM head, in the model's dtype.
+def run_from_layer(model: PreTrainedModel, hidden: Tensor, layer: int, input_ids: Tensor | None = None,
+                   last_only: bool = False) -> Tensor:
+    """Logits (B, T, V) from a layer-L residual: blocks L.., final norm, LM head, in the model's dtype; with
+    ``last_only``, (B, 1, V) of the last position alone (the LM head, a third of a small model's pass at a few
+    tokens, runs on that position only).
 
     ``input_ids`` (B or 1, T) are read only by the fallback, a full forward with the residual patched in, for a family
     whose later blocks cannot run alone exactly; the blocks before L then run for nothing.
@@ -100,7 +103,8 @@ def run_from_layer(model: PreTrainedModel, hidden: Tensor, layer: int, input_ids
     check_layer(model, layer)
     family = exact_family(model, hidden.shape[1])
     if family is None:
-        return _full_forward_from(model, hidden, layer, input_ids)
+        logits = _full_forward_from(model, hidden, layer, input_ids)
+        return logits[:, -1:] if last_only else logits
     decoder = getattr(model, family.base)
     hidden = hidden.to(model.dtype)
     position_ids = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
@@ -110,7 +114,7 @@ def run_from_layer(model: PreTrainedModel, hidden: Tensor, layer: int, input_ids
             block_inputs["position_embeddings"] = decoder.rotary_emb(hidden, position_ids)
         for block in getattr(decoder, family.blocks)[layer:]:
             hidden = _residual(block(hidden, **block_inputs))
-        return model.get_output_embeddings()(getattr(decoder, family.norm)(hidden))
+        return model.get_output_embeddings()(getattr(decoder, family.norm)(hidden[:, -1:] if last_only else hidden))
 
 
 def _full_forward_from(model: PreTrainedModel, hidden: Tensor, layer: int, input_ids: Tensor | None) -> Tensor:

@@ -1,6 +1,8 @@
 """REPORT.md's rows of the behavioral scripts (METHOD §10), as data (``common.reporting.rows``)."""
 from __future__ import annotations
 
+from common.behavior.clamp_results import PERCENTILE, RULE
+from common.behavior.stimuli import CELLS
 from common.reporting.rows import Row
 from common.reporting.rules import (
     Rule,
@@ -15,6 +17,70 @@ from common.reporting.rules import (
 _FOUND, _CHOSEN = "discovery", "selection"
 _TOP, _VALUE = "ranked.interaction.0", "target_by_value"
 _DESIGN_STATS = (("-4", "F_m-4", "dod_m-4"), ("0", "F_m0", "dod_m0"), ("4", "F_m4", "dod_m4"))
+# The primary (powered) design's crossed analysis of the target at the primary multiplier (METHOD §10 decision 8).
+_P = "clamp:designs.powered.target"
+_DOD = f"{_P}.difference_of_differences"
+_FLOOR = f"{_P}.noise_floor.difference_of_differences"
+
+
+def _beyond_floor(value: float, read) -> bool:
+    """The DoD's CI excludes 0 and every value within the fp32 noise floor's |DoD|."""
+    ci, floor = read(f"{_DOD}.ci"), abs(read(_FLOOR))
+    return ci["low"] > floor or ci["high"] < -floor
+
+
+def _significant(value: float, read) -> bool:
+    return (value < 0.05 and read("clamp:primary.percentile_features") >= PERCENTILE
+            and read("clamp:primary.percentile_directions") >= PERCENTILE)
+
+
+_PRIMARY_ROWS: list[Row] = [
+    Row("clamp:target_choice.feature", "feature tested (the selected target, or the top-ranked one active on the "
+        "prompts where it is silent)", "", "int", original=True),
+    Row("clamp:target_choice.selected_target_active", "the selected target is active on the prompts", "", "bool",
+        original=True),
+    Row("clamp:power.designs.powered.words_per_cell", "primary design: words per cell (one token each)", "", "int",
+        original=True),
+    Row("clamp:power.designs.powered.prompts", "primary design: prompts", "", "int", original=True),
+    *[row for cell in CELLS for row in (
+        Row(f"{_P}.balance.zipf.cell_means.{cell}", f"primary design, {cell}: mean word frequency (Zipf)", "", "num"),
+        Row(f"{_P}.balance.baseline_logit.cell_means.{cell}", f"primary design, {cell}: mean clean baseline logit",
+            "", "num", original=True))],
+    Row(f"{_P}.balance.zipf.interaction", "primary design: word frequency, interaction contrast of the cells (Zipf)",
+        "", "num"),
+    Row(f"{_P}.balance.zipf.oneway.p", "primary design: word frequency, one-way p over the cells", "", "num",
+        above(0.05, "> 0.05 (cells matched)")),
+    Row(f"{_P}.balance.baseline_logit.interaction", "primary design: clean baseline logit, interaction contrast",
+        "", "num", original=True),
+    Row(f"{_P}.balance.baseline_logit.oneway.p", "primary design: clean baseline logit, one-way p over the cells", "",
+        "num", above(0.05, "> 0.05 (cells matched)"), original=True),
+    Row(f"{_P}.mixed_model.coefficient", "primary design, m = -4: mixed-model interaction (DoD, logits)", "", "num",
+        original=True, ci=f"{_P}.mixed_model.ci"),
+    Row(f"{_P}.mixed_model.p", "primary design, m = -4: mixed-model p (random word and prompt intercepts)", "",
+        "num", original=True),
+    Row(f"{_P}.min_f.F", "primary design, m = -4: min F′ (Clark 1973)", "", "num", original=True),
+    Row(f"{_P}.min_f.p", "primary design, m = -4: min F′ p", "", "num", original=True),
+    Row(f"{_DOD}.logits", "primary design, m = -4: difference of differences (logits; CI over words and prompts)",
+        "", "num", Rule("CI excludes 0 and lies beyond ± the fp32 noise floor's DoD", _beyond_floor),
+        original=True, ci=f"{_DOD}.ci"),
+    Row(f"{_DOD}.in_word_sds", "primary design, m = -4: difference of differences (word SDs)", "", "num",
+        original=True, ci=f"{_DOD}.ci_in_word_sds"),
+    Row(_FLOOR, "fp32 noise floor: the DoD of floating-point order alone (logits)", "", "num", original=True),
+    Row(f"{_P}.noise_floor.sd_dlogit", "fp32 noise floor: SD of its Δlogit", "", "num", original=True),
+    Row(f"{_DOD}.dose_response.slope", "primary design: dose-response, DoD per unit m (logits)", "", "num",
+        original=True, ci=f"{_DOD}.dose_response.ci"),
+    Row(f"{_P}.percentile.features.F.percentile", "primary design, m = -4: percentile of the by-word F among random "
+        "active features", "", "num", original=True),
+    Row(f"{_P}.percentile.directions.F.percentile", "primary design, m = -4: percentile of the by-word F among random "
+        "directions of its size", "", "num", original=True),
+    *[row for design, label in (("powered", "primary design"), ("paper", "paper design")) for row in (
+        Row(f"clamp:power.designs.{design}.logits", f"{label}: DoD detectable with 80% power (logits)", "", "num",
+            original=True),
+        Row(f"clamp:power.designs.{design}.in_word_sds", f"{label}: DoD detectable with 80% power (word SDs)", "",
+            "num", original=True))],
+    Row("clamp:primary.mixed_model_p", "the interaction is significant (primary design: mixed-model p, both nulls)",
+        "clamp.significant", "num", Rule(RULE, _significant), original=True),
+]
 
 BEHAVIOR_ROWS: list[Row] = [
     Row("sparsity:embeddings.most_unequal.0.gini", "most unequal embedding row: Gini", "sparsity.gini", "num"),
@@ -54,7 +120,7 @@ BEHAVIOR_ROWS: list[Row] = [
     Row("clamp:by_word.formality.mean_diff", "m = -4: formality main effect (logits)", "", "num", original=True),
     Row("clamp:by_word.emotion.mean_diff", "m = -4: emotion main effect (logits)", "", "num", original=True),
     Row("clamp:greedy_tokens_changed", "m = -4: greedy tokens changed", '"— (read by eye)"', "pct", original=True),
-    Row("clamp:holm_p", "the interaction is significant (by-word Holm p)", "clamp.significant", "num",
+    Row("clamp:holm_p", "paper design: by-word Holm p < 0.05 and above 95% of random features", "", "num",
         Rule("Holm p < 0.05 and the by-word F above 95% of random features'",
              lambda v, read: v < 0.05 and read("clamp:null_percentile.percentile") >= 95), original=True),
     Row("clamp:identity_max_abs_dlogit", "identity: max |Δlogit| at m = 1", "", "num",
@@ -62,4 +128,5 @@ BEHAVIOR_ROWS: list[Row] = [
     Row("clamp_linear:mean_abs_dlogit", "linear control, m = -4: mean |Δlogit|", "clamp.linear_control", "num",
         above(0, "> 0 (its 'no interaction' counts only after a change)")),
     Row("clamp_linear:by_word.F", "linear control, m = -4: by-word interaction F", "", "num"),
+    *_PRIMARY_ROWS,
 ]

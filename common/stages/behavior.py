@@ -3,6 +3,7 @@ earlier script's results it reads, before the LM is loaded; then the pipeline bu
 evaluated; and its ``results.json`` written last."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ import torch
 from common.analysis.decoders import read_results
 from common.behavior.pipeline import Pipeline
 from common.behavior.run import BehaviorRun
-from common.config.concepts import BehaviorConfig
+from common.config.concepts import BehaviorConfig, ToolConfig
 from common.data.activations import NormStats
 from common.errors import UserError
 from common.models.loading import (
@@ -29,7 +30,8 @@ from common.models.nfm import NFM
 from common.models.sae import TopKSAE
 from common.models.settings import EvalSettings, original_settings, trained_settings
 from common.stages.finish import write_results
-from common.stages.opening import open_stage
+from common.stages.opening import Opened, SourcesOnly, open_stage
+from common.store.fingerprints import git_commit
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,20 @@ def open_run(cfg: BehaviorConfig, secondary: bool = True, lm_dtype: torch.dtype 
     patch = cfg.patch if getattr(cfg, "patch", None) else ("replace" if cfg.original_eval else "delta")
     return BehaviorRun(cfg, opened.rt, opened.lm, pipeline, inputs.sources, opened.out, opened.patch_layer,
                        int(opened.lm.adds_bos), patch, opened.record)
+
+
+def open_tool(cfg: ToolConfig, sources: Callable[[], list[StageInput]] = list,
+              lm_dtype: torch.dtype | None = torch.float32) -> tuple[Opened, list[StageInput]]:
+    """A debugging tool of part13 (13b, 13c, 13d): its checkpoints read and checked against the LM before anything is
+    written, the LM in fp32 (what a splice costs is small), and the run's record."""
+    opened, inputs = open_stage(cfg, lambda: SourcesOnly(sources()), lm_dtype)
+    return opened, inputs.sources
+
+
+def tool_record(cfg: ToolConfig, opened: Opened, analysis: str, sources: list[StageInput]) -> dict[str, Any]:
+    """What a tool's results.json opens with: the analysis, the LM's provenance, the inputs, the config, the commit."""
+    return {"analysis": analysis, **opened.record, "inputs": {s.flag.lstrip("-"): s.record() for s in sources},
+            "config": dataclasses.asdict(cfg), "git_commit": git_commit()}
 
 
 def read_earlier(folder: str, flag: str, analysis: str, sources: list[StageInput]) -> dict[str, Any]:

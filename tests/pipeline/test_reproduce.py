@@ -336,6 +336,81 @@ def _sparsity(*keys: Any) -> Expected:
     return Expected(("sparsity/results.json", ("embeddings", *keys)))
 
 
+_TARGET = ("designs", "powered", "target")  # the primary design's crossed analysis in clamp/results.json
+
+
+def _target(o: Outputs) -> dict:
+    return o["clamp"]["designs"]["powered"]["target"]
+
+
+def _clamp_only(*keys: Any, verdict: Callable[[Outputs], bool] | None = None) -> Expected:
+    """A figure of the as-trained clamp run only (word frequencies do not depend on the evaluation)."""
+    return Expected(("clamp/results.json", keys), None, verdict)
+
+
+def _outside_floor(o: Outputs) -> bool:
+    """Rule: the DoD's bootstrap CI excludes 0 and the fp32 floor's |DoD| (it lies wholly beyond ±|floor|)."""
+    floor = abs(_target(o)["noise_floor"]["difference_of_differences"])
+    ci = _target(o)["difference_of_differences"]["ci"]
+    return ci["low"] > floor or ci["high"] < -floor
+
+
+def _significant(o: Outputs) -> bool:
+    """Rule: mixed-model p < 0.05 and the by-word F at or above the 95th percentile of both nulls."""
+    percentile = _target(o)["percentile"]
+    return (_target(o)["mixed_model"]["p"] < 0.05 and percentile["features"]["F"]["percentile"] >= 95
+            and percentile["directions"]["F"]["percentile"] >= 95)
+
+
+PRIMARY_DESIGN: dict[str, Expected] = {
+    "feature tested (the selected target, or the top-ranked one active on the prompts where it is silent)": _both(
+        "clamp", "target_choice", "feature"),
+    "the selected target is active on the prompts": _both("clamp", "target_choice", "selected_target_active"),
+    "primary design: words per cell (one token each)": _both("clamp", "power", "designs", "powered", "words_per_cell"),
+    "primary design: prompts": _both("clamp", "power", "designs", "powered", "prompts"),
+    **{name.format(cell=cell): expected for cell in ("formal_high", "formal_low", "casual_high", "casual_low")
+       for name, expected in (
+           ("primary design, {cell}: mean word frequency (Zipf)",
+            _clamp_only(*_TARGET, "balance", "zipf", "cell_means", cell)),
+           ("primary design, {cell}: mean clean baseline logit",
+            _both("clamp", *_TARGET, "balance", "baseline_logit", "cell_means", cell)))},
+    "primary design: word frequency, interaction contrast of the cells (Zipf)": _clamp_only(
+        *_TARGET, "balance", "zipf", "interaction"),
+    "primary design: word frequency, one-way p over the cells": _clamp_only(
+        *_TARGET, "balance", "zipf", "oneway", "p",
+        verdict=lambda o: _target(o)["balance"]["zipf"]["oneway"]["p"] > 0.05),
+    "primary design: clean baseline logit, interaction contrast": _both(
+        "clamp", *_TARGET, "balance", "baseline_logit", "interaction"),
+    "primary design: clean baseline logit, one-way p over the cells": _both(
+        "clamp", *_TARGET, "balance", "baseline_logit", "oneway", "p",
+        verdict=lambda o: _target(o)["balance"]["baseline_logit"]["oneway"]["p"] > 0.05),
+    "primary design, m = -4: mixed-model interaction (DoD, logits)": _both("clamp", *_TARGET, "mixed_model",
+                                                                           "coefficient"),
+    "primary design, m = -4: mixed-model p (random word and prompt intercepts)": _both("clamp", *_TARGET,
+                                                                                       "mixed_model", "p"),
+    "primary design, m = -4: min F′ (Clark 1973)": _both("clamp", *_TARGET, "min_f", "F"),
+    "primary design, m = -4: min F′ p": _both("clamp", *_TARGET, "min_f", "p"),
+    "primary design, m = -4: difference of differences (logits; CI over words and prompts)": _both(
+        "clamp", *_TARGET, "difference_of_differences", "logits", verdict=_outside_floor),
+    "primary design, m = -4: difference of differences (word SDs)": _both(
+        "clamp", *_TARGET, "difference_of_differences", "in_word_sds"),
+    "fp32 noise floor: the DoD of floating-point order alone (logits)": _both(
+        "clamp", *_TARGET, "noise_floor", "difference_of_differences"),
+    "fp32 noise floor: SD of its Δlogit": _both("clamp", *_TARGET, "noise_floor", "sd_dlogit"),
+    "primary design: dose-response, DoD per unit m (logits)": _both(
+        "clamp", *_TARGET, "difference_of_differences", "dose_response", "slope"),
+    "primary design, m = -4: percentile of the by-word F among random active features": _both(
+        "clamp", *_TARGET, "percentile", "features", "F", "percentile"),
+    "primary design, m = -4: percentile of the by-word F among random directions of its size": _both(
+        "clamp", *_TARGET, "percentile", "directions", "F", "percentile"),
+    **{f"{label}: DoD detectable with 80% power ({unit})": _both("clamp", "power", "designs", design, key)
+       for design, label in (("powered", "primary design"), ("paper", "paper design"))
+       for key, unit in (("logits", "logits"), ("in_word_sds", "word SDs"))},
+    "the interaction is significant (primary design: mixed-model p, both nulls)": _both(
+        "clamp", "primary", "mixed_model_p", verdict=_significant),
+}
+
+
 BEHAVIOR: dict[str, dict[str, Expected]] = {
     "NFM weight rows (part4)": {
         "most unequal embedding row: Gini": _sparsity("most_unequal", 0, "gini"),
@@ -378,7 +453,7 @@ BEHAVIOR: dict[str, dict[str, Expected]] = {
         "m = -4: emotion main effect (logits)": _both("clamp", "by_word", "emotion", "mean_diff"),
         "m = -4: greedy tokens changed": _both("clamp", "greedy_tokens_changed"),
         # Rule: significant after Holm over the whole family, and beyond 95% of random active features.
-        "the interaction is significant (by-word Holm p)": _both(
+        "paper design: by-word Holm p < 0.05 and above 95% of random features": _both(
             "clamp", "holm_p", verdict=lambda o: o["clamp"]["holm_p"] < 0.05
             and o["clamp"]["null_percentile"]["percentile"] >= 95),
         "identity: max |Δlogit| at m = 1": _both("clamp", "identity_max_abs_dlogit",
@@ -386,6 +461,7 @@ BEHAVIOR: dict[str, dict[str, Expected]] = {
         "linear control, m = -4: mean |Δlogit|": Expected(("clamp_linear/results.json", ("mean_abs_dlogit",)),
                                                            verdict=lambda o: o["clamp_linear"]["mean_abs_dlogit"] > 0),
         "linear control, m = -4: by-word interaction F": Expected(("clamp_linear/results.json", ("by_word", "F"))),
+        **PRIMARY_DESIGN,
     },
 }
 

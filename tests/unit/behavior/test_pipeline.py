@@ -1,16 +1,16 @@
-"""common/behavior/pipeline.py: the behavioral pipeline is what part14 patches, and the clamp changes one feature and
-nothing
-else (METHOD §10 decisions 3 and 4)."""
+"""common/behavior/pipeline.py: the behavioral pipeline is what part14 patches, the clamp changes one feature and
+nothing else, and a random direction adds exactly itself (METHOD §10 decisions 3, 4 and 8)."""
 from pathlib import Path
 
 import pytest
 import torch
 
+from common.behavior.logit_test import mean_residual_change, random_directions, reference_clamp
 from common.behavior.pipeline import Clamp
 from common.behavior.run import BehaviorRun, last_position_logits, token_ids
 from common.config.presets import build_config
 from common.kl.conditions import sequential_conditions
-from common.lm.hooks import capture_layer, patch_layer
+from common.lm.hooks import capture_layer, patch_layer, run_from_layer
 from common.stages.behavior import open_run
 
 
@@ -40,8 +40,8 @@ def test_the_pipeline_reconstructs_what_part14_patches(run: BehaviorRun):
 
 
 def _clean_and(run: BehaviorRun, clamps: list[Clamp]) -> tuple[torch.Tensor, torch.Tensor]:
-    clean, patched = last_position_logits(run, PROMPT, clamps)
-    return clean, patched
+    logits = last_position_logits(run, PROMPT, clamps)
+    return logits.clean, logits.patched
 
 
 def test_a_multiplier_of_one_and_no_clamp_leave_the_clean_model_bit_for_bit(run: BehaviorRun):
@@ -98,3 +98,51 @@ def test_a_secondary_clamp_moves_the_hidden_vector_as_the_secondary_decode_of_th
     expected = pipe.nfm.readout(out.hidden + shift) - out.interaction
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     assert got[-1].abs().max() > 0
+
+
+def test_a_random_direction_adds_its_vector_times_its_size_at_every_patched_position(run: BehaviorRun):
+    pipe = run.pipeline
+    raw = residual(run)
+    vector = random_directions(1, raw.shape[-1], seed=0)[0]
+    direction = Clamp("direction", 0, 0.5, vector=vector)
+    moved = pipe.patched(raw, direction, run.patch, 1)
+    reference = pipe.patched(raw, reference_clamp("secondary"), run.patch, 1)
+    # (x + s·u) − x: one rounding at the size of x (of σ·recon + μ under --patch replace, of the raw residual under
+    # --original_eval), two float32 ulps of the largest |x|.
+    ulps = 2 * torch.finfo(torch.float32).eps * float(reference.abs().max())
+    torch.testing.assert_close(moved[0, 1:] - reference[0, 1:], (0.5 * vector).expand(raw.shape[1] - 1, -1),
+                               rtol=0, atol=ulps)
+    assert torch.equal(moved[0, 0], raw[0, 0].float())  # BOS stays
+    assert float(vector.norm()) == pytest.approx(1.0, rel=1e-6)
+
+
+def test_the_mean_residual_change_is_the_mean_norm_over_patched_positions(run: BehaviorRun):
+    pipe = run.pipeline
+    out = pipe.run(residual(run)[0].float())
+    clamp = Clamp("secondary", int(out.secondary_indices[-1, 0]), -4.0)
+    reference = reference_clamp("secondary")
+    raw = residual(run)
+    by_hand = (pipe.patched(raw, clamp, run.patch, run.first_position)
+               - pipe.patched(raw, reference, run.patch, run.first_position))[0, run.first_position:].norm(dim=-1)
+    assert mean_residual_change(run, [PROMPT], clamp, reference) == pytest.approx(float(by_hand.mean()), rel=1e-6)
+    assert float(by_hand.mean()) > 0
+
+
+def test_the_last_position_alone_is_the_full_passs_last_position(run: BehaviorRun):
+    raw = residual(run).expand(3, -1, -1)
+    full = run_from_layer(run.lm.model, raw, run.layer, token_ids(run, PROMPT))[:, -1:]
+    alone = run_from_layer(run.lm.model, raw, run.layer, token_ids(run, PROMPT), last_only=True)
+    assert alone.shape == full.shape
+    torch.testing.assert_close(alone, full, rtol=1e-5, atol=1e-6)  # the LM head on fewer rows: rounding only
+
+
+def test_the_noise_floor_is_the_reference_batched_minus_alone(run: BehaviorRun):
+    out = run.pipeline.run(residual(run)[0].float())
+    reference, other = reference_clamp("secondary"), Clamp("secondary", int(out.secondary_indices[-1, 0]), -4.0)
+    logits = last_position_logits(run, PROMPT, [reference, other])
+    ids, raw = token_ids(run, PROMPT), residual(run)
+    alone = run_from_layer(run.lm.model, run.pipeline.patched(raw, reference, run.patch, 1), run.layer, ids,
+                           last_only=True)[0, -1]
+    batch = run.pipeline.patched(raw.expand(2, -1, -1), [reference, other], run.patch, 1)
+    batched = run_from_layer(run.lm.model, batch, run.layer, ids, last_only=True)[0, -1]
+    assert torch.equal(logits.noise, batched.float() - alone.float())

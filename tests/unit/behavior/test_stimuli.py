@@ -7,11 +7,17 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
+from scipy import stats
+from wordfreq import zipf_frequency
 
+from common.behavior.balance import zipf_balance
 from common.behavior.stimuli import (
     CELLS,
     MIN_WORDS_PER_CELL,
+    PAPER_DESIGN,
+    POWERED,
     SETS,
     STIMULI_FILE,
     cell_levels,
@@ -98,6 +104,47 @@ def test_design_words_and_prompts_are_the_papers(shipped) -> None:
     assert shipped.prompts == DESIGN_PROMPTS
 
 
+def test_the_powered_design_is_sized_and_apart_from_the_papers(shipped) -> None:
+    powered = shipped.powered
+    assert list(shipped.designs("design")) == [POWERED, PAPER_DESIGN]  # the primary design first
+    assert tuple(powered.words) == CELLS and all(len(powered.words[c]) >= 32 for c in CELLS)
+    assert len(powered.prompts) >= 20 and len(set(powered.prompts)) == len(powered.prompts)
+    everything = [w.lower() for c in CELLS for w in powered.words[c]]
+    assert len(set(everything)) == len(everything)  # no word in two cells
+    paper = {w.lower() for c in CELLS for w in DESIGN_WORDS[c]}
+    assert not any(w[:6] == p[:6] for w in everything for p in paper)  # no paper word, nor a word of its stem
+    prompt_words = {w for prompt in powered.prompts for w in sentence_words(prompt)}
+    assert not prompt_words & (set(everything) | set(shipped.factor_words))
+    assert not set(powered.prompts) & set(DESIGN_PROMPTS)
+    assert shipped.designs("tiny")[POWERED].words == shipped.tiny_words  # the tiny words stand in, the prompts stay
+    assert shipped.designs("tiny")[POWERED].prompts == powered.prompts
+
+
+def test_the_powered_cells_are_matched_on_word_frequency(shipped) -> None:
+    """Recomputed here with wordfreq: the one-way ANOVA over the cells p > 0.5, both main effects under 0.1 Zipf (a
+    tenth of a decade of frequency), and the interaction contrast (the one the 2×2 tests) not significant, p > 0.2 by
+    the two-way ANOVA's t, and under 0.2 Zipf (METHOD §10 decision 8 states its size)."""
+    zipf = {cell: np.array([zipf_frequency(word, "en") for word in shipped.powered.words[cell]]) for cell in CELLS}
+    means = [zipf[cell].mean() for cell in CELLS]
+    contrasts = {"formality": (means[0] + means[1] - means[2] - means[3]) / 2,
+                 "emotion": (means[0] + means[2] - means[1] - means[3]) / 2,
+                 "interaction": (means[0] - means[1]) - (means[2] - means[3])}
+    words = len(zipf[CELLS[0]])
+    mse = sum(((zipf[cell] - zipf[cell].mean()) ** 2).sum() for cell in CELLS) / (4 * words - 4)
+    t = contrasts["interaction"] / np.sqrt(4 * mse / words)
+    assert stats.f_oneway(*zipf.values()).pvalue > 0.5
+    assert abs(contrasts["formality"]) < 0.1 and abs(contrasts["emotion"]) < 0.1, contrasts
+    assert abs(contrasts["interaction"]) < 0.2 and 2 * stats.t.sf(abs(t), 4 * words - 4) > 0.2, contrasts
+    reported = zipf_balance(shipped.powered.words)  # what part13 reports
+    assert reported["cell_means"] == pytest.approx(dict(zip(CELLS, means)), rel=1e-12)
+    assert {key: reported[key] for key in contrasts} == pytest.approx(contrasts, rel=1e-9)
+
+
+def test_the_powered_words_are_one_smollm2_token_each(shipped, smollm2) -> None:
+    kept, dropped = single_token_words(shipped.powered.words, smollm2.tokenizer)
+    assert dropped == [] and kept == shipped.powered.words
+
+
 def test_cell_levels() -> None:
     assert [cell_levels(c) for c in CELLS] == [("formal", "high"), ("formal", "low"), ("casual", "high"),
                                                ("casual", "low")]
@@ -159,6 +206,10 @@ def _broken(doc: dict, case: str) -> str | dict:
         del doc["prompts"]
     elif case == "empty prompts":
         doc["prompts"] = []
+    elif case == "short powered list":
+        doc["powered"]["words"]["casual_high"] = ["ace", "rad"]
+    elif case == "powered without prompts":
+        del doc["powered"]["prompts"]
     return doc
 
 
@@ -173,6 +224,8 @@ def _broken(doc: dict, case: str) -> str | dict:
     ("short tiny list", "tiny_words.casual_low has 1 word(s)"),
     ("no prompts", "no 'prompts'"),
     ("empty prompts", "'prompts' is empty"),
+    ("short powered list", "powered.words.casual_high has 2 word(s)"),
+    ("powered without prompts", "powered lacks 'prompts'"),
 ])
 def test_malformed_files_are_user_errors(tmp_path: Path, case: str, problem: str) -> None:
     broken = _broken(json.loads(STIMULI_FILE.read_text(encoding="utf-8")), case)
@@ -198,4 +251,5 @@ def test_a_minimal_file_loads(tmp_path: Path) -> None:
     path.write_text(json.dumps(small), encoding="utf-8")
     loaded = load_stimuli(str(path))
     assert loaded.tiny_words == loaded.words and loaded.factor_words == [] and loaded.description == ""
+    assert loaded.powered is None and list(loaded.designs("design")) == [PAPER_DESIGN]
     assert all(len(loaded.sets[name][c]) == 3 for name in SETS for c in CELLS)
