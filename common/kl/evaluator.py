@@ -3,9 +3,9 @@
 For a batch of unpadded windows: run the blocks before the patch layer once and keep that residual, get the clean
 logits from the later blocks, then for every patch replace the residual and run only the later blocks again. A patch
 is a condition's reconstruction or an ε-random perturbation ``x + ‖x̂ − x‖·u`` (u a fresh random unit vector per
-token); both live in raw activation space, where the LM reads them. The zero-ablation patch (the residual set to zero) is
-the floor SAEBench's CE-loss and KL scores are scaled by. ``shared_prefix=False`` is the original's way (one whole
-forward with a patch hook per patch), kept as the reference the tests compare against.
+token); both live in raw activation space, where the LM reads them. The zero-ablation patch (the residual set to
+zero) is the floor SAEBench's CE-loss and KL scores are scaled by. ``shared_prefix=False`` is the original's way (one
+whole forward with a patch hook per patch), kept as the reference the tests compare against.
 
 Every series is measured at the same positions of a window: all of them, or a subset drawn per window
 (``positions_per_window``). The later blocks run at every position either way (a patch changes what later positions
