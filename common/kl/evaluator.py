@@ -122,6 +122,7 @@ class PatchingEvaluator:
     the condition whose error norm sets the ε-random baseline (the SAE, or the joint model's SAE part); reductions are
     against it too. ``first_position`` 1 leaves position 0 (BOS) unpatched and out of the statistics.
     ``positions_per_window`` measures that many positions of each window (``measured_positions``); None: all.
+    ``own_norm_draws``: ε draws of the own-norm baselines (None: ``num_epsilon_samples``, as the main baseline).
     """
 
     model: PreTrainedModel
@@ -133,6 +134,7 @@ class PatchingEvaluator:
     first_position: int = 0
     shared_prefix: bool = True
     positions_per_window: int | None = None
+    own_norm_draws: int | None = None
 
     def positions(self, window_indices: list[int], length: int) -> Tensor:
         """The measured positions (B, P) of each window of a batch of ``length``-token windows (positions
@@ -163,14 +165,21 @@ class PatchingEvaluator:
         One unit vector per token and draw serves every condition's own-norm baseline (only the norm differs), so
         the reference condition's own-norm baseline *is* the main ε-random baseline and is not run twice. Each
         window's directions come from its own generator, seeded by its index in the text: the same draws whatever
-        the batch size, and again after a resume.
+        the batch size, and again after a resume. The own-norm baselines take the first ``own_norm_draws`` draws.
         """
         generators = [torch.Generator(device=raw.device).manual_seed(self.seed * 1_000_003 + w) for w in window_indices]
-        for _ in range(self.num_epsilon_samples):
+        for draw in range(self.num_epsilon_samples):
             unit = torch.stack([random_unit_vectors(raw.shape[1:], generator) for generator in generators])
             for name, error_norm in error_norms.items():
-                series = EPS_RANDOM if name == self.reference else f"{EPS_OWN}.{name}"
-                yield series, epsilon_perturb(raw, error_norm, unit)
+                if name == self.reference:
+                    yield EPS_RANDOM, epsilon_perturb(raw, error_norm, unit)
+                elif draw < self.own_draws:
+                    yield f"{EPS_OWN}.{name}", epsilon_perturb(raw, error_norm, unit)
+
+    @property
+    def own_draws(self) -> int:
+        """Draws of the own-norm baselines: ``own_norm_draws``, at most the main baseline's (None: as many)."""
+        return min(self.num_epsilon_samples, self.own_norm_draws or self.num_epsilon_samples)
 
     def evaluate(self, input_ids: Tensor, window_indices: list[int]) -> dict[str, np.ndarray]:
         """Per-position columns for one batch of windows (rows = window × measured position).

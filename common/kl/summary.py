@@ -53,7 +53,8 @@ def _spread(values: np.ndarray) -> dict[str, float]:
             "std": float(values.std(ddof=1)) if values.size > 1 else 0.0}
 
 
-def summarize(store: Path, labels: dict[str, str], reference: str, num_draws: int) -> dict[str, Any]:
+def summarize(store: Path, labels: dict[str, str], reference: str, num_draws: int,
+              own_draws: int | None = None) -> dict[str, Any]:
     """Per condition: mean/median/std of each metric and of the error norm; ``<metric>_ratio_eps_random`` and
     ``<metric>_ratio_eps_own_norm`` (mean(cond) / mean(baseline)); ``<metric>_reduction`` = 1 − mean(cond) /
     mean(reference); for the CEs also ``<metric>_excess`` over the clean run and its ``<metric>_excess_reduction``;
@@ -72,9 +73,12 @@ def summarize(store: Path, labels: dict[str, str], reference: str, num_draws: in
             "windows": windows,
             "positions_per_window": positions // windows,
             "epsilon_draws": num_draws,
+            "own_norm_draws": num_draws if own_draws is None else own_draws,
             # The original counted one row per (position, condition) and per ε draw; the own-norm baselines are ours.
             "measurements": positions * (len(labels) + num_draws),
-            "measurements_with_own_norm_baselines": positions * (len(labels) + num_draws * len(labels)),
+            "measurements_with_own_norm_baselines":
+                positions * (len(labels) + num_draws + (num_draws if own_draws is None else own_draws)
+                             * (len(labels) - 1)),
             "reference": reference,
             "clean": {metric: _spread(values) for metric, values in clean.items()},
             EPS_RANDOM: {metric: _spread(data[f"{EPS_RANDOM}.{metric}"]) for metric in METRICS},

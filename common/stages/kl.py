@@ -61,7 +61,7 @@ def check_kl_settings(cfg: KLConfig, checkpoint_layer: int | None, flag: str) ->
     if checkpoint_layer is not None and checkpoint_layer != cfg.layer:
         raise UserError(f"{flag} was trained at layer {checkpoint_layer}, but --layer is {cfg.layer} "
                         f"(pass --layer {checkpoint_layer})")
-    for name in ("num_wiki_samples", "batch_size", "num_epsilon_samples", "positions_per_window"):
+    for name in ("num_wiki_samples", "batch_size", "num_epsilon_samples", "positions_per_window", "own_norm_draws"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise UserError(f"--{name} must be at least 1, got {getattr(cfg, name)}")
 
@@ -105,7 +105,7 @@ def _evaluate(cfg: KLConfig, kl: KLStage, lm: LoadedLM, rt: Runtime, out: Path, 
 
     evaluator = PatchingEvaluator(lm.model, patch_layer, reconstruct_under_precision, kl.reference,
                                   cfg.num_epsilon_samples, cfg.seed, int(cfg.exclude_first_position),
-                                  positions_per_window=cfg.positions_per_window)
+                                  positions_per_window=cfg.positions_per_window, own_norm_draws=cfg.own_norm_draws)
     store = out / PER_POSITION_FILE
     world = rt.world
     pending = not store.is_file()
@@ -126,7 +126,7 @@ def _evaluate(cfg: KLConfig, kl: KLStage, lm: LoadedLM, rt: Runtime, out: Path, 
         return {}
 
     results = {"stage": kl.stage, "original_eval": cfg.original_eval, "evaluation": evaluation,
-               **summarize(store, kl.labels, kl.reference, cfg.num_epsilon_samples),
+               **summarize(store, kl.labels, kl.reference, cfg.num_epsilon_samples, evaluator.own_draws),
                "per_window_file": PER_WINDOW_FILE}
     sums = per_window_sums(store)
     save_per_window(sums, out / PER_WINDOW_FILE)

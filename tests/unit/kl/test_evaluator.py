@@ -129,6 +129,20 @@ def test_epsilon_perturbations_have_exactly_the_intended_norm(tiny_lm: LoadedLM)
     assert torch.equal(again[0], draws[1][1][1:]) and not torch.equal(other[0], draws[1][1])
 
 
+def test_fewer_own_norm_draws_take_the_first_draws_of_the_same_directions(tiny_lm: LoadedLM) -> None:
+    three = PatchingEvaluator(tiny_lm.model, LAYER, scaled, "same", num_epsilon_samples=3, seed=4)
+    one = PatchingEvaluator(tiny_lm.model, LAYER, scaled, "same", num_epsilon_samples=3, seed=4, own_norm_draws=1)
+    raw = capture_layer(tiny_lm.model, random_ids(tiny_lm), LAYER).float()
+    _, norms = three.reconstructions(raw)
+    every, fewer = list(three.patches(raw, norms, [0, 1, 2])), list(one.patches(raw, norms, [0, 1, 2]))
+    assert [series for series, _ in fewer] == [EPS_RANDOM, "eps_own.scaled", EPS_RANDOM, EPS_RANDOM]
+    main = [patch for series, patch in every if series == EPS_RANDOM]
+    assert all(torch.equal(a, b) for a, b in zip(main, [patch for series, patch in fewer if series == EPS_RANDOM]))
+    assert torch.equal(every[1][1], fewer[1][1])  # the own-norm baseline's one draw is the first of three
+    out = one.evaluate(random_ids(tiny_lm), [0, 1, 2])
+    assert out[f"{EPS_RANDOM}.kl"].shape == (45, 3) and out["eps_own.scaled.kl"].shape == (45, 1)
+
+
 def test_first_position_is_left_unpatched_and_uncounted(tiny_lm: LoadedLM) -> None:
     evaluator = PatchingEvaluator(tiny_lm.model, LAYER, scaled, "scaled", 1, first_position=1)
     ids = random_ids(tiny_lm)
