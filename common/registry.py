@@ -101,8 +101,10 @@ _STAGES = (
                            checkpoint_every=20, log_every=10, original_decay_steps=10)}),
     Stage("kl14", "part14_kl_tests.py", "KL14Config", "KL, sequential (part14)", _both("kl14", SAE_AND_NFM),
           text="eval", splits=BY_WINDOWS, presets={
-              # ≈14 s per batch of 8 windows on 2 free cores (1 clean + 16 patched passes of the blocks after layer 15)
-              "cpu": dict(num_wiki_samples=56, batch_size=8),
+              # Windows from the per-window variance of the cpu run (METHOD §9, §13.1): with kl18's 48, the four KL
+              # runs' 256 windows fit their 324 s on 2 cores at ≈2.0 CPU-s a window (1 clean + 10 patched passes
+              # of the blocks after layer 15; the own-norm baselines at 1 draw). Every position is measured.
+              "cpu": dict(num_wiki_samples=80, batch_size=16, own_norm_draws=1),
               "tiny": dict(num_wiki_samples=16, batch_size=8, num_epsilon_samples=2)}),
     Stage("ortho", "part16_orthogonality.py", "OrthoConfig", "Orthogonality (part16)",
           (Run("ortho", (("--sae1_model_path", "sae1"), ("--sae2_model_path", "joint"))),), uses_lm=False,
@@ -114,7 +116,7 @@ _STAGES = (
               "tiny": dict(split=0.1)}),
     Stage("kl18", "part18_joint_kl.py", "KL18Config", "KL, joint (part18)",
           _both("kl18", (("--joint_model_path", "joint"),)), text="eval", splits=BY_WINDOWS, presets={
-              "cpu": dict(num_wiki_samples=24, batch_size=8),
+              "cpu": dict(num_wiki_samples=48, batch_size=16, own_norm_draws=1),
               "tiny": dict(num_wiki_samples=16, batch_size=8, num_epsilon_samples=2)}),
     Stage("sparsity", "part4_NFM_sparsity_inspector.py", "SparsityConfig", "NFM weight rows (part4)",
           (Run("sparsity", (SAE_AND_NFM[1],)),), uses_lm=False, resumable=False),

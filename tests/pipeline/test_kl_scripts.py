@@ -204,7 +204,7 @@ def test_part18_as_trained_and_original(tiny_joint_dir: Path, tmp_path: Path) ->
     joint_dir = tiny_joint_dir
     config = json.loads((joint_dir / "config.json").read_text())["config"]
     run18(joint_dir, tmp_path / "trained")
-    run18(joint_dir, tmp_path / "original", "--original_eval", "--positions_per_window", "20")
+    run18(joint_dir, tmp_path / "original", "--original_eval", "--positions_per_window", "20", "--own_norm_draws", "1")
     trained, trained_columns = load(tmp_path / "trained")
     original, original_columns = load(tmp_path / "original")
     assert list(trained["conditions"]) == list(JOINT_CONDITIONS) and trained["reference"] == "joint_sae"
@@ -221,6 +221,9 @@ def test_part18_as_trained_and_original(tiny_joint_dir: Path, tmp_path: Path) ->
     assert original["evaluation"]["positions_per_window_requested"] == 20
     assert (original["windows"], original["positions_per_window"], original["positions"]) == (8, 20, 160)
     assert all(values.shape[0] == 160 for values in original_columns.values())
+    assert original_columns["eps_random.kl"].shape == (160, 2) and original_columns["eps_own.joint_full.kl"].shape == (
+        160, 1)
+    assert original["own_norm_draws"] == 1 and original["measurements_with_own_norm_baselines"] == 160 * (4 + 2 + 3)
     for window in range(8):
         rows = original_columns["window"] == window
         assert np.array_equal(original_columns["position"][rows],

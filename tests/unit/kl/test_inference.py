@@ -23,7 +23,7 @@ SAE = np.array([1.0, 3.0, 2.0, 2.0, 8.0, 4.0])
 NFM = np.array([0.5, 1.5, 2.0, 1.0, 3.0, 3.0])
 EPS = np.array([[1.0, 0.0], [1.0, 1.0], [2.0, 2.0], [0.5, 1.5], [1.0, 3.0], [0.0, 2.0]])
 OWN = EPS / 2
-ZERO = np.array([9.0, 9.0, 8.0, 8.0, 7.0, 7.0])
+ZERO = np.array([9.0, 9.0, 8.0, 8.0, 7.0, 1.0])
 LABELS = {"sae": "SAE", "sae_nfm": "SAE + NFM"}
 
 
@@ -48,14 +48,15 @@ def test_per_window_sums_by_hand(store: Path) -> None:
     assert sums["window"].tolist() == [10, 11, 12] and sums["positions"].tolist() == [2, 2, 2]
     assert sums["sae.kl"].tolist() == [4.0, 4.0, 12.0]
     assert sums["eps_random.kl"].tolist() == [1.5, 3.0, 3.0]  # each position's draws averaged first
-    assert sums["zero_ablation.ce_next"].tolist() == [22.0, 20.0, 18.0]
+    assert sums["zero_ablation.ce_next"].tolist() == [22.0, 20.0, 12.0]
     assert sums["clean.ce_argmax"].tolist() == [2.0, 2.0, 2.0] and "sae.error_norm" not in sums
 
 
 def test_intervals_are_the_exact_bootstrap_distributions_extremes_and_tests_are_scipys(store: Path) -> None:
     results = summarize(store, LABELS, "sae", num_draws=2)
     assert (results["windows"], results["positions"], results["positions_per_window"]) == (3, 6, 2)
-    assert results["zero_ablation"]["kl"] == {"mean": 8.0, "median": 8.0, "std": pytest.approx(np.std(ZERO, ddof=1))}
+    assert results["zero_ablation"]["kl"] == {"mean": 7.0, "median": 8.0, "std": pytest.approx(np.std(ZERO, ddof=1))}
+    assert results["zero_ablation"]["ce_next"]["mean"] == 9.0
     sums = per_window_sums(store)
     add_window_inference(results, sums, "sae", seed=0)
     sae_w, nfm_w, eps_w = np.array([4.0, 4.0, 12.0]), np.array([2.0, 3.0, 6.0]), np.array([1.5, 3.0, 3.0])
