@@ -101,10 +101,10 @@ _STAGES = (
                            checkpoint_every=20, log_every=10, original_decay_steps=10)}),
     Stage("kl14", "part14_kl_tests.py", "KL14Config", "KL, sequential (part14)", _both("kl14", SAE_AND_NFM),
           text="eval", splits=BY_WINDOWS, presets={
-              # Windows from the per-window variance of the cpu run (METHOD §9, §13.1): with kl18's 48, the four KL
-              # runs' 256 windows fit their 324 s on 2 cores at ≈2.0 CPU-s a window (1 clean + 10 patched passes
-              # of the blocks after layer 15; the own-norm baselines at 1 draw). Every position is measured.
-              "cpu": dict(num_wiki_samples=80, batch_size=16, own_norm_draws=1),
+              # Windows from the per-window variance of a cpu run (METHOD §13.1): with kl18's 48, the four KL runs'
+              # 248 windows fit their 324 s on 2 cores at ≈2.2 CPU-s a window (1 clean + 10 patched passes of the
+              # blocks after layer 15, the own-norm baselines at 1 draw) and ≈11 CPU-s a run. Every position counts.
+              "cpu": dict(num_wiki_samples=76, batch_size=16, own_norm_draws=1),
               "tiny": dict(num_wiki_samples=16, batch_size=8, num_epsilon_samples=2)}),
     Stage("ortho", "part16_orthogonality.py", "OrthoConfig", "Orthogonality (part16)",
           (Run("ortho", (("--sae1_model_path", "sae1"), ("--sae2_model_path", "joint"))),), uses_lm=False,
