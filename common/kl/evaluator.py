@@ -38,10 +38,11 @@ EPS_RANDOM = "eps_random"  # the ε-random baseline at the reference condition's
 EPS_OWN = "eps_own"  # prefix of the second baseline: ε-random at each condition's own error norm
 ZERO_ABLATION = "zero_ablation"  # the residual at the patch layer set to zero
 METRICS = ("kl", "ce_next", "ce_argmax")
-# Rows of vocabulary-wide arithmetic done at a time: 16 × 49,152 fp32 values (3 MB) stay in a core's cache through the
-# log-softmax, the gathers and the KL, where whole-batch buffers (200 MB at the cpu preset) went to memory and back
-# three times per patch.
-ROWS_PER_CHUNK = 16
+# Rows of vocabulary-wide arithmetic done at a time: on the CPU 16 × 49,152 fp32 values (3 MB) stay in a core's cache
+# through the log-softmax, the gathers and the KL, where whole-batch buffers (200 MB at the cpu preset) went to memory
+# and back three times per patch; a GPU wants few large kernels instead.
+ROWS_PER_CHUNK = {"cpu": 16}
+GPU_ROWS_PER_CHUNK = 1024
 POSITIONS_STREAM = 0x5EED_9051  # keeps the positions' generator apart from the ε draws'
 
 
@@ -81,8 +82,9 @@ def next_token_metrics(clean_logprobs: Tensor, patched_logits: Tensor, next_toke
     picks = torch.stack([next_tokens.reshape(-1), clean_argmax.reshape(-1)], dim=1)
     kl = torch.empty(logits.shape[0], device=logits.device)
     picked = torch.empty(logits.shape[0], 2, device=logits.device)
-    for start in range(0, logits.shape[0], ROWS_PER_CHUNK):
-        rows = slice(start, start + ROWS_PER_CHUNK)
+    chunk = ROWS_PER_CHUNK.get(logits.device.type, GPU_ROWS_PER_CHUNK)
+    for start in range(0, logits.shape[0], chunk):
+        rows = slice(start, start + chunk)
         log_q = torch.log_softmax(logits[rows].float(), dim=-1)
         picked[rows] = log_q.gather(1, picks[rows])
         # Σ p·(log p − log q) term by term, so identical distributions give exactly 0; (−log q) + log p is

@@ -7,6 +7,7 @@ import pytest
 import torch
 from scipy import stats
 
+import common.kl.evaluator as evaluator_module
 from common.data.activations import NormStats
 from common.kl.conditions import JOINT_CONDITIONS, SEQUENTIAL_CONDITIONS, joint_conditions, sequential_conditions
 from common.kl.evaluator import (
@@ -50,10 +51,12 @@ def test_kl_of_identical_logits_is_zero() -> None:
     assert torch.equal(out["ce_argmax"], -logprobs.amax(-1))
 
 
-def test_kl_and_ce_match_scipy() -> None:
+@pytest.mark.parametrize("rows_per_chunk", [1, 4, 1024])  # the CPU's chunks of vocabulary-wide work, a GPU's one
+def test_kl_and_ce_match_scipy(rows_per_chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(evaluator_module.ROWS_PER_CHUNK, "cpu", rows_per_chunk)
     generator = torch.Generator().manual_seed(1)
-    clean, patched = torch.randn(2, 3, 40, generator=generator), torch.randn(2, 3, 40, generator=generator) * 2
-    targets = torch.randint(0, 40, (2, 3), generator=generator)
+    clean, patched = torch.randn(3, 5, 40, generator=generator), torch.randn(3, 5, 40, generator=generator) * 2
+    targets = torch.randint(0, 40, (3, 5), generator=generator)
     argmax = clean.argmax(-1)
     out = next_token_metrics(torch.log_softmax(clean, -1), patched, targets, argmax)
     p, q = (torch.softmax(x.double(), -1).numpy() for x in (clean, patched))
