@@ -263,6 +263,23 @@ def plot_by_position(means_by_condition: dict[str, np.ndarray], path: str | Path
     return _save(fig, path, title)
 
 
+def plot_intervals(panels: dict[str, dict[str, tuple[float, float, float]]], path: str | Path, title: str,
+                   nulls: dict[str, float]) -> Path:
+    """One panel per figure (e.g. a ratio): each label's estimate as a point with its interval (estimate, low, high)
+    as an error bar, and the figure's null value (``nulls``, where given) as a grey line."""
+    fig, axes = _figure(len(panels))
+    for ax, (name, estimates) in zip(axes, panels.items()):
+        labels = list(estimates)
+        points = np.array([estimates[label] for label in labels], dtype=np.float64).reshape(-1, 3)
+        errors = np.abs(points[:, 1:].T - points[:, 0])
+        ax.errorbar(range(len(labels)), points[:, 0], yerr=errors, fmt="o", capsize=4, color=_color(0))
+        if name in nulls:
+            ax.axhline(nulls[name], color="grey", linewidth=0.8)
+        ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
+        ax.set_title(name)
+    return _save(fig, path, title)
+
+
 def plot_interaction_lines(panels: dict[str, dict[str, tuple[float, ...]]], path: str | Path, title: str,
                            xlabels: tuple[str, ...], ylabel: str,
                            intervals: dict[str, dict[str, list[tuple[float, float]]]] | None = None) -> Path:

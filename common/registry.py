@@ -84,8 +84,10 @@ JOINT_PRESETS = {
     "tiny": dict(top_n_features=10, chunk_tokens=4_096, epochs_per_chunk=2, batch_size=64, val_every=20,
                  checkpoint_every=20, log_every=10, original_decay_steps=10)}
 KL14_PRESETS = {
-    # ≈14 s per batch of 8 windows on 2 free cores (1 clean + 16 patched passes of the blocks after layer 15)
-    "cpu": dict(num_wiki_samples=56, batch_size=8),
+    # Windows from the per-window variance of a cpu run (METHOD §13.1): with kl18's 48, the four KL runs'
+    # 248 windows fit their 324 s on 2 cores at ≈2.2 CPU-s a window (1 clean + 10 patched passes of the
+    # blocks after layer 15, the own-norm baselines at 1 draw) and ≈11 CPU-s a run. Every position counts.
+    "cpu": dict(num_wiki_samples=76, batch_size=16, own_norm_draws=1),
     "tiny": dict(num_wiki_samples=16, batch_size=8, num_epsilon_samples=2)}
 # the planted ground truth's recall against s, the NFM on the true codes and on an SAE's codes
 PLANTED_SWEEP = ("--strengths", "0", "0.25", "0.5", "1", "2", "--sae_variant")
@@ -132,7 +134,7 @@ _STAGES = (
           (*_both("kl18", (("--joint_model_path", "joint"),)),
            _study("kl18_joint_linear", (("--joint_model_path", "joint_linear"),))), text="eval", splits=BY_WINDOWS,
           presets={
-              "cpu": dict(num_wiki_samples=24, batch_size=8),
+              "cpu": dict(num_wiki_samples=48, batch_size=16, own_norm_draws=1),
               "tiny": dict(num_wiki_samples=16, batch_size=8, num_epsilon_samples=2)}),
     Stage("sparsity", "part4_NFM_sparsity_inspector.py", "SparsityConfig", "NFM weight rows (part4)",
           (Run("sparsity", (SAE_AND_NFM[1],)),), uses_lm=False, resumable=False),

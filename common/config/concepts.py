@@ -137,6 +137,11 @@ class KLConfig(RunConfig, LMConfig, ResumeConfig):
     num_wiki_samples: int = opt(5_000, "at most this many evaluation windows (a shorter text is used whole)")
     batch_size: int = opt(32, "windows per batch")
     num_epsilon_samples: int = opt(3, "epsilon-random draws per token")
+    own_norm_draws: int | None = opt(None, "draws per token of the second baseline, epsilon-random at each "
+                                           "condition's own error norm (default: --num_epsilon_samples)")
+    positions_per_window: int | None = opt(None, "measure every series at this many positions of each window, drawn "
+                                                 "per window (seeded by its index; the later blocks still run at "
+                                                 "every position) (default: every position)")
     original_eval: bool = opt(False, "evaluate as the original did: raw activations, K 1,024, no top-N, patch one "
                                      "block later")
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from common.kl.evaluator import EPS_OWN, EPS_RANDOM, METRICS
-from common.plots import plot_by_position, plot_distributions_log
+from common.kl.evaluator import EPS_OWN, EPS_RANDOM, METRICS, ZERO_ABLATION
+from common.plots import plot_by_position, plot_distributions_log, plot_intervals
 from common.stats import paired_and_independent_tests, ratio, reduction
 from common.store.savers import atomic_save_npz
 
@@ -53,28 +53,39 @@ def _spread(values: np.ndarray) -> dict[str, float]:
             "std": float(values.std(ddof=1)) if values.size > 1 else 0.0}
 
 
-def summarize(store: Path, labels: dict[str, str], reference: str, num_draws: int) -> dict[str, Any]:
+def summarize(store: Path, labels: dict[str, str], reference: str, num_draws: int,
+              own_draws: int | None = None) -> dict[str, Any]:
     """Per condition: mean/median/std of each metric and of the error norm; ``<metric>_ratio_eps_random`` and
     ``<metric>_ratio_eps_own_norm`` (mean(cond) / mean(baseline)); ``<metric>_reduction`` = 1 − mean(cond) /
     mean(reference); for the CEs also ``<metric>_excess`` over the clean run and its ``<metric>_excess_reduction``;
-    ``tests`` (paired and independent t): the condition against both baselines (t > 0: above the baseline), and the
-    reference against the condition (t > 0: the condition lowers it)."""
+    ``tests`` (position-level paired and independent t): the condition against both baselines (t > 0: above the
+    baseline), and the reference against the condition (t > 0: the condition lowers it). Beside the conditions: the
+    clean run's CEs, the ε-random baseline and the zero-ablation (each metric's mean/median/std), and the counts:
+    ``windows``, ``positions`` (measured, in all), ``positions_per_window`` (measured in each window) and
+    ``measurements``."""
     with np.load(store) as data:
         positions = int(data["position"].shape[0])
+        windows = int(np.unique(data["window"]).size)
         clean = {metric: data[f"clean.{metric}"] for metric in METRICS if metric != "kl"}
         clean_means = {metric: float(np.mean(values, dtype=np.float64)) for metric, values in clean.items()}
         results: dict[str, Any] = {
             "positions": positions,
-            "windows": int(np.unique(data["window"]).size),
+            "windows": windows,
+            "positions_per_window": positions // windows,
             "epsilon_draws": num_draws,
+            "own_norm_draws": num_draws if own_draws is None else own_draws,
             # The original counted one row per (position, condition) and per ε draw; the own-norm baselines are ours.
             "measurements": positions * (len(labels) + num_draws),
-            "measurements_with_own_norm_baselines": positions * (len(labels) + num_draws * len(labels)),
+            "measurements_with_own_norm_baselines":
+                positions * (len(labels) + num_draws + (num_draws if own_draws is None else own_draws)
+                             * (len(labels) - 1)),
             "reference": reference,
             "clean": {metric: _spread(values) for metric, values in clean.items()},
             EPS_RANDOM: {metric: _spread(data[f"{EPS_RANDOM}.{metric}"]) for metric in METRICS},
             "conditions": {},
         }
+        if f"{ZERO_ABLATION}.kl" in data.files:  # a store merged before the zero-ablation existed has none
+            results[ZERO_ABLATION] = {metric: _spread(data[f"{ZERO_ABLATION}.{metric}"]) for metric in METRICS}
         for name, label in labels.items():
             entry: dict[str, Any] = {"label": label, "error_norm": _spread(data[f"{name}.error_norm"]), "tests": {}}
             for metric in METRICS:
@@ -120,6 +131,28 @@ def plot_results(store: Path, labels: dict[str, str], out: Path, title: str) -> 
     return written
 
 
+# The panels of the interval figure: (title, figure key, scale, null).
+INTERVAL_PANELS = (("KL / ε-random KL", "kl_ratio_eps_random", 1.0, 1.0),
+                   ("KL reduction vs the reference (%)", "kl_reduction", 100.0, 0.0),
+                   ("CE (next token) reduction vs the reference (%)", "ce_next_reduction", 100.0, 0.0))
+
+
+def plot_intervals_of(results: dict[str, Any], out: Path, title: str) -> Path | None:
+    """Each condition's KL ratio to ε-random and its KL and CE reductions, with their 95% CIs over windows
+    (``kl_intervals.png``); None where the results hold no intervals (too few windows)."""
+    panels: dict[str, dict[str, tuple[float, float, float]]] = {}
+    for name, key, scale, _ in INTERVAL_PANELS:
+        points = {entry["label"]: (scale * entry[key], scale * entry["ci95"][key]["low"],
+                                   scale * entry["ci95"][key]["high"])
+                  for entry in results["conditions"].values() if key in entry.get("ci95", {})}
+        if points:
+            panels[name] = points
+    if not panels:
+        return None
+    nulls = {name: null for name, _, _, null in INTERVAL_PANELS}
+    return plot_intervals(panels, out / "kl_intervals.png", f"{title}: 95% CIs over windows", nulls)
+
+
 def _mean_by_position(position: np.ndarray, values: np.ndarray, counts: np.ndarray) -> np.ndarray:
     values = np.asarray(values, dtype=np.float64)
     draws = values.size // position.size
@@ -128,30 +161,42 @@ def _mean_by_position(position: np.ndarray, values: np.ndarray, counts: np.ndarr
     return sums[present] / (counts[present] * draws)
 
 
+def _interval(entry: dict[str, Any], figure: str, scale: float = 1.0, digits: int = 2) -> str:
+    interval = entry.get("ci95", {}).get(figure)
+    if interval is None:
+        return "—"
+    return f"[{scale * interval['low']:.{digits}f}, {scale * interval['high']:.{digits}f}]"
+
+
 def format_table(results: dict[str, Any], title: str, paper: str) -> str:
-    """The paper's figures in its form: ratios against ε-random, reductions against the reference, both CEs."""
+    """The paper's figures in its form: ratios against ε-random, reductions against the reference (each with its 95%
+    CI over windows), the window-level paired t of the reduction, both CEs."""
     lines = [
         title,
-        f"{results['windows']:,} windows, {results['positions']:,} positions, {results['epsilon_draws']} ε draws, "
-        f"{results['measurements']:,} measurements",
-        f"{'condition':<24}{'KL mean':>9}{'median':>9}{'×ε-rand':>9}{'×ε-own':>8}{'KL red.':>9}{'paired t':>10}"
-        f"{'CE next':>9}{'red.':>8}{'CE argmax':>11}{'red.':>8}",
+        f"{results['windows']:,} windows × {results['positions_per_window']:,} measured positions, "
+        f"{results['epsilon_draws']} ε draws, {results['measurements']:,} measurements; CIs: 95%, bootstrap over "
+        "windows; t: paired over per-window means",
+        f"{'condition':<24}{'KL mean':>9}{'×ε-rand':>9}{'95% CI':>15}{'×ε-own':>8}{'KL red.':>9}{'95% CI':>17}"
+        f"{'t':>7}{'CE next':>9}{'red.':>8}{'CE argmax':>11}{'red.':>8}",
     ]
     percent = lambda entry, key: f"{100 * entry[key]:.1f}%" if key in entry else "—"  # noqa: E731
-    for _name, entry in results["conditions"].items():
-        t = entry["tests"].get("kl_reference_minus_condition", {}).get("paired", {}).get("t")
+    for entry in results["conditions"].values():
+        t = entry["tests"].get("kl_reference_minus_condition", {}).get("by_window", {}).get("t")
         lines.append(
-            f"{entry['label']:<24}{entry['kl']['mean']:>9.4f}{entry['kl']['median']:>9.4f}"
-            f"{entry['kl_ratio_eps_random']:>8.2f}x{entry['kl_ratio_eps_own_norm']:>7.2f}x"
-            f"{percent(entry, 'kl_reduction'):>9}"
-            f"{'—' if t is None else f'{t:.1f}':>10}{entry['ce_next']['mean']:>9.3f}"
+            f"{entry['label']:<24}{entry['kl']['mean']:>9.4f}{entry['kl_ratio_eps_random']:>8.2f}x"
+            f"{_interval(entry, 'kl_ratio_eps_random'):>15}{entry['kl_ratio_eps_own_norm']:>7.2f}x"
+            f"{percent(entry, 'kl_reduction'):>9}{_interval(entry, 'kl_reduction', 100, 1):>17}"
+            f"{'—' if t is None else f'{t:.1f}':>7}{entry['ce_next']['mean']:>9.3f}"
             f"{percent(entry, 'ce_next_reduction'):>8}"
             f"{entry['ce_argmax']['mean']:>11.3f}{percent(entry, 'ce_argmax_reduction'):>8}"
         )
-    eps, clean = results[EPS_RANDOM], results["clean"]
-    lines.append(f"{EPS_LABEL:<24}{eps['kl']['mean']:>9.4f}{eps['kl']['median']:>9.4f}{'':>35}{eps['ce_next']['mean']:>9.3f}"
-                 f"{'':>8}{eps['ce_argmax']['mean']:>11.3f}")
-    lines.append(f"{'clean (unpatched)':<24}{'':>53}{clean['ce_next']['mean']:>9.3f}{'':>8}"
+    others = {EPS_LABEL: results[EPS_RANDOM], "zero-ablation": results.get(ZERO_ABLATION)}
+    for label, series in others.items():
+        if series is not None:
+            lines.append(f"{label:<24}{series['kl']['mean']:>9.4f}{'':>65}{series['ce_next']['mean']:>9.3f}{'':>8}"
+                         f"{series['ce_argmax']['mean']:>11.3f}")
+    clean = results["clean"]
+    lines.append(f"{'clean (unpatched)':<24}{'':>74}{clean['ce_next']['mean']:>9.3f}{'':>8}"
                  f"{clean['ce_argmax']['mean']:>11.3f}")
     lines.append(paper)
     return "\n".join(lines)

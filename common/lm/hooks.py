@@ -92,19 +92,22 @@ def capture_layer_and_logits(model: PreTrainedModel, input_ids: Tensor, layer: i
 
 
 def run_from_layer(model: PreTrainedModel, hidden: Tensor, layer: int, input_ids: Tensor | None = None,
-                   last_only: bool = False) -> Tensor:
-    """Logits (B, T, V) from a layer-L residual: blocks L.., final norm, LM head, in the model's dtype; with
-    ``last_only``, (B, 1, V) of the last position alone (the LM head, a third of a small model's pass at a few
-    tokens, runs on that position only).
+                   positions: Tensor | None = None, last_only: bool = False) -> Tensor:
+    """Logits (B, T, V) from a layer-L residual: blocks L.., final norm, LM head, in the model's dtype.
 
-    ``input_ids`` (B or 1, T) are read only by the fallback, a full forward with the residual patched in, for a family
-    whose later blocks cannot run alone exactly; the blocks before L then run for nothing.
+    ``positions`` (B, P), where given, are the only positions the final norm and the head run at (logits (B, P, V)):
+    the blocks still run at every position, since each position attends to the earlier ones; ``last_only`` is the
+    last position alone (B, 1, V). ``input_ids`` (B or 1, T) are read only by the fallback, a full forward with the
+    residual patched in, for a family whose later blocks cannot run alone exactly; the blocks before L then run for
+    nothing.
     """
     check_layer(model, layer)
+    if last_only:
+        positions = torch.full((hidden.shape[0], 1), hidden.shape[1] - 1, device=hidden.device)
     family = exact_family(model, hidden.shape[1])
     if family is None:
         logits = _full_forward_from(model, hidden, layer, input_ids)
-        return logits[:, -1:] if last_only else logits
+        return logits if positions is None else at_positions(logits, positions)
     decoder = getattr(model, family.base)
     hidden = hidden.to(model.dtype)
     position_ids = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
@@ -114,7 +117,14 @@ def run_from_layer(model: PreTrainedModel, hidden: Tensor, layer: int, input_ids
             block_inputs["position_embeddings"] = decoder.rotary_emb(hidden, position_ids)
         for block in getattr(decoder, family.blocks)[layer:]:
             hidden = _residual(block(hidden, **block_inputs))
-        return model.get_output_embeddings()(getattr(decoder, family.norm)(hidden[:, -1:] if last_only else hidden))
+        if positions is not None:  # the norm works position by position, so it may follow the selection
+            hidden = at_positions(hidden, positions)
+        return model.get_output_embeddings()(getattr(decoder, family.norm)(hidden))
+
+
+def at_positions(values: Tensor, positions: Tensor) -> Tensor:
+    """``values`` (B, T, ...) at each row's own ``positions`` (B, P): (B, P, ...)."""
+    return values[torch.arange(values.shape[0], device=values.device).unsqueeze(1), positions]
 
 
 def _full_forward_from(model: PreTrainedModel, hidden: Tensor, layer: int, input_ids: Tensor | None) -> Tensor:

@@ -11,6 +11,7 @@ from common.reporting.rules import (
     above_source,
     below,
     below_source,
+    interval_above,
     is_false,
     is_true,
     paired_above,
@@ -42,13 +43,41 @@ def _kl(stage: str, condition: str, key: str) -> str:
     return f"{stage}:conditions.{condition}.{key}"
 
 
+def _kl_claim(stage: str, condition: str, figure: str, test: str, null: float, text: str) -> tuple[Rule, str]:
+    """A KL/CE figure's rule "its 99% CI over windows excludes the null" (METHOD §13.1) and that interval's source.
+    Directories written before the intervals existed fall back to the position-level paired p < 0.01 they hold."""
+    ci = _kl(stage, condition, f"ci99.{figure}")
+    fallback = paired_above(_kl(stage, condition, f"tests.{test}.paired"), text)
+    return interval_above(ci, null, text, fallback), ci
+
+
 def _reduces(name: str, paper: str, stage: str, condition: str, metric: str = "kl_reduction") -> Row:
-    """A KL or CE reduction against the reference, both evaluations, held to "reduction > 0 with paired p < 0.01"."""
-    test = _kl(stage, condition, f"tests.{metric.replace('_reduction', '_reference_minus_condition')}.paired")
-    return Row(_kl(stage, condition, metric), name, paper, rule=paired_above(test, REDUCES), original=True)
+    """A KL or CE reduction against the reference, both evaluations, held to "its 99% CI excludes 0"."""
+    test = metric.replace("_reduction", "_reference_minus_condition")
+    rule, ci = _kl_claim(stage, condition, metric, test, 0.0, REDUCES)
+    return Row(_kl(stage, condition, metric), name, paper, rule=rule, original=True, ci=ci)
 
 
-REDUCES = "reduction > 0 with paired p < 0.01"
+def _above_eps_random(stage: str, condition: str, name: str, paper: str) -> Row:
+    rule, ci = _kl_claim(stage, condition, "kl_ratio_eps_random", "kl_vs_eps_random", 1.0, ABOVE_EPS_RANDOM)
+    return Row(_kl(stage, condition, "kl_ratio_eps_random"), name, paper, "num", rule, original=True, ci=ci)
+
+
+def _ci95(stage: str, condition: str, figure: str) -> str:
+    return _kl(stage, condition, f"ci95.{figure}")
+
+
+def _counts(stage: str) -> list[Row]:
+    """What a KL stage measured: windows (the unit of its intervals), measured positions, measurements."""
+    return [Row(f"{stage}:windows", "windows", "", "int", original=True),
+            Row(f"{stage}:positions", "measured positions (windows × positions measured in each)", "", "int",
+                original=True),
+            Row(f"{stage}:measurements", "measurements (measured positions × (conditions + ε draws))",
+                f"{stage}.measurements", "int", original=True)]
+
+
+REDUCES = "reduction > 0: its 99% CI over windows excludes 0 (older runs: paired p < 0.01)"
+ABOVE_EPS_RANDOM = "> 1: its 99% CI over windows excludes 1 (older runs: paired p < 0.01)"
 SQUARED_NORMS = "Squared norms (part16)"
 ORTHO = "ortho:saes.{}"
 SHARE_PAPER = (("interaction", "low"), ("linear", "low"), ("nonlinear", "low"), ("residual", "high"))
@@ -81,25 +110,22 @@ ROWS: list[Row] = [
         "joint.nfm_linear_share", rule=within(0.323, 0.01, "within 1 point of 32.3%")),
     Row("joint:parameters.paper_style.shares.nfm_embeddings", "embeddings share of parameters (paper's count)",
         "joint.nfm_embeddings_share"),
-    Row(_kl("kl14", "sae", "kl_ratio_eps_random"), "SAE KL / ε-random KL", "kl14.sae_ratio", "num",
-        paired_above(_kl("kl14", "sae", "tests.kl_vs_eps_random.paired"),
-                     "> 1 with paired p < 0.01 (SAE above ε-random)"), original=True),
+    _above_eps_random("kl14", "sae", "SAE KL / ε-random KL", "kl14.sae_ratio"),
     Row(_kl("kl14", "sae_nfm", "kl_ratio_eps_random"), "SAE + NFM KL / ε-random KL", "kl14.sae_nfm_ratio", "num",
-        below_source(_kl("kl14", "sae", "kl_ratio_eps_random"), "below the SAE's ratio"), original=True),
+        below_source(_kl("kl14", "sae", "kl_ratio_eps_random"), "below the SAE's ratio"), original=True,
+        ci=_ci95("kl14", "sae_nfm", "kl_ratio_eps_random")),
     _reduces("KL reduction, SAE + full NFM", "kl14.kl_reduction", "kl14", "sae_nfm"),
     _reduces("KL reduction, SAE + NFM linear", "kl14.kl_reduction", "kl14", "sae_linear"),
     Row(_kl("kl14", "sae_interaction", "kl_reduction"), "KL reduction, SAE + NFM interaction",
         "kl14.interaction_reduction",
         rule=below_source(_kl("kl14", "sae_linear", "kl_reduction"), "smaller than the linear reduction"),
-        original=True),
-    Row("kl14:measurements", "measurements", "kl14.measurements", "int", original=True),
-    Row(_kl("kl18", "joint_sae", "kl_ratio_eps_random"), "joint SAE part KL / ε-random KL", "", "num",
-        paired_above(_kl("kl18", "joint_sae", "tests.kl_vs_eps_random.paired"), "> 1 with paired p < 0.01"),
-        original=True),
+        original=True, ci=_ci95("kl14", "sae_interaction", "kl_reduction")),
+    *_counts("kl14"),
+    _above_eps_random("kl18", "joint_sae", "joint SAE part KL / ε-random KL", ""),
     Row(_kl("kl18", "joint_full", "kl_reduction"), "KL reduction, joint full", "kl18.full_reduction",
-        rule=paired_above(_kl("kl18", "joint_full", "tests.kl_reference_minus_condition.paired"), REDUCES)
+        rule=_kl_claim("kl18", "joint_full", "kl_reduction", "kl_reference_minus_condition", 0.0, REDUCES)[0]
         & above_source(_kl("kl14", "sae_nfm", "kl_reduction"), "above the sequential SAE + NFM reduction"),
-        original=True),
+        original=True, ci=_kl("kl18", "joint_full", "ci99.kl_reduction")),
     _reduces("KL reduction, joint linear only", "kl18.linear_reduction", "kl18", "joint_linear"),
     _reduces("KL reduction, joint interaction only", "kl18.interaction_reduction", "kl18", "joint_interaction"),
     _reduces("CE (next token) reduction, joint full", "kl18.ce_full_reduction", "kl18", "joint_full",
@@ -108,7 +134,7 @@ ROWS: list[Row] = [
              "ce_next_reduction"),
     _reduces("CE (next token) reduction, joint interaction only", "kl18.ce_interaction_reduction", "kl18",
              "joint_interaction", "ce_next_reduction"),
-    Row("kl18:measurements", "measurements", "kl18.measurements", "int", original=True),
+    *_counts("kl18"),
     Row(ORTHO.format("standalone.pca.original.components_90"),
         "PCA components for 90%, standalone (original definition)", "ortho.components_standalone", "int"),
     Row(ORTHO.format("joint.pca.original.components_90"), "PCA components for 90%, joint (original definition)",

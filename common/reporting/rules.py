@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from common.errors import UserError
+
 Read = Callable[[str], Any]  # "stage:key.path" → its value, in the evaluation (as trained or original) being checked
 ALPHA = 0.01  # "p < 0.01" in the rules
 
@@ -51,6 +53,19 @@ def is_false(text: str) -> Rule:
 def paired_above(test: str, text: str) -> Rule:
     """The paired test at ``test`` ({"t", "p"}) has the first sample above the second with p < 0.01."""
     return Rule(text, lambda v, read: read(test)["t"] > 0 and read(test)["p"] < ALPHA)
+
+
+def interval_above(ci: str, null: float, text: str, fallback: Rule) -> Rule:
+    """The confidence interval at ``ci`` ({"low", "high"}) lies wholly above ``null``. A directory written before
+    its stage stored intervals holds none: there the rule is ``fallback``, what its files support."""
+    def check(value: Any, read: Read) -> bool:
+        try:
+            interval = read(ci)
+        except UserError:
+            return fallback.check(value, read)
+        return interval["low"] > null
+
+    return Rule(text, check)
 
 
 def sign_with_p(test: str, positive: bool, text: str, statistic: str = "t") -> Rule:

@@ -18,7 +18,15 @@ from common.data.activations import NormStats, open_stream
 from common.data.text import WindowedText
 from common.errors import UserError
 from common.kl.evaluator import PatchingEvaluator, Reconstruct, evaluate_windows
-from common.kl.summary import PER_POSITION_FILE, format_table, merge_parts, plot_results, summarize
+from common.kl.inference import PER_WINDOW_FILE, add_window_inference, per_window_sums, save_per_window
+from common.kl.summary import (
+    PER_POSITION_FILE,
+    format_table,
+    merge_parts,
+    plot_intervals_of,
+    plot_results,
+    summarize,
+)
 from common.lm.model import LoadedLM
 from common.models.loading import StageInput
 from common.models.settings import EvalSettings
@@ -55,8 +63,8 @@ def check_kl_settings(cfg: KLConfig, checkpoint_layer: int | None, flag: str) ->
     if checkpoint_layer is not None and checkpoint_layer != cfg.layer:
         raise UserError(f"{flag} was trained at layer {checkpoint_layer}, but --layer is {cfg.layer} "
                         f"(pass --layer {checkpoint_layer})")
-    for name in ("num_wiki_samples", "batch_size", "num_epsilon_samples"):
-        if getattr(cfg, name) < 1:
+    for name in ("num_wiki_samples", "batch_size", "num_epsilon_samples", "positions_per_window", "own_norm_draws"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise UserError(f"--{name} must be at least 1, got {getattr(cfg, name)}")
 
 
@@ -72,6 +80,7 @@ def run_kl_stage(cfg: KLConfig, read_inputs: Callable[[], KLStage]) -> dict[str,
         "text": text.source.description, "text_identity": text.source.identity,
         "windows_requested": cfg.num_wiki_samples, "windows_used": len(indices),
         "window_tokens": cfg.window, "first_position": int(cfg.exclude_first_position),
+        "positions_per_window_requested": cfg.positions_per_window,
         "precision_regime": rt.precision, "decode_path": rt.decode, "world_size": rt.world.size,
     }
     inputs = {source.flag.lstrip("-"): source.record() for source in kl.sources}
@@ -97,7 +106,8 @@ def _evaluate(cfg: KLConfig, kl: KLStage, lm: LoadedLM, rt: Runtime, out: Path, 
             return reconstruct(raw)
 
     evaluator = PatchingEvaluator(lm.model, patch_layer, reconstruct_under_precision, kl.reference,
-                                  cfg.num_epsilon_samples, cfg.seed, int(cfg.exclude_first_position))
+                                  cfg.num_epsilon_samples, cfg.seed, int(cfg.exclude_first_position),
+                                  positions_per_window=cfg.positions_per_window, own_norm_draws=cfg.own_norm_draws)
     store = out / PER_POSITION_FILE
     world = rt.world
     pending = not store.is_file()
@@ -118,10 +128,14 @@ def _evaluate(cfg: KLConfig, kl: KLStage, lm: LoadedLM, rt: Runtime, out: Path, 
         return {}
 
     results = {"stage": kl.stage, "original_eval": cfg.original_eval, "evaluation": evaluation,
-               **summarize(store, kl.labels, kl.reference, cfg.num_epsilon_samples),
-               **(kl.figures(store) if kl.figures else {})}
+               **summarize(store, kl.labels, kl.reference, cfg.num_epsilon_samples, evaluator.own_draws),
+               "per_window_file": PER_WINDOW_FILE, **(kl.figures(store) if kl.figures else {})}
+    sums = per_window_sums(store)
+    save_per_window(sums, out / PER_WINDOW_FILE)
+    add_window_inference(results, sums, kl.reference, cfg.seed)
     mode = "the original's evaluation (--original_eval)" if cfg.original_eval else "as trained"
     plot_results(store, kl.labels, out, f"{kl.title}, {mode}")
+    plot_intervals_of(results, out, f"{kl.title}, {mode}")
     write_results(out, results)
     print(format_table(results, f"{kl.title}, {mode}: {describe_settings(kl.settings, patch_layer)}", kl.paper))
     print(f"-> {out}")

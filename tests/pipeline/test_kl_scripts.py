@@ -14,7 +14,7 @@ import part14_kl_tests
 import part18_joint_kl
 from common.errors import UserError
 from common.kl.conditions import JOINT_CONDITIONS, SEQUENTIAL_CONDITIONS
-from common.kl.evaluator import PatchingEvaluator
+from common.kl.evaluator import PatchingEvaluator, measured_positions
 from common.kl.summary import PER_POSITION_FILE
 from tests.helpers import copy_stage
 
@@ -65,6 +65,20 @@ def test_part14_as_trained(kl14_dir: Path, tiny_nfm_dir: Path) -> None:
     for metric in ("kl", "ce_next", "ce_argmax"):
         assert ((kl14_dir / f"{metric}_distribution.png").is_file()
                 and (kl14_dir / f"{metric}_by_position.png").is_file())
+    # the zero-ablation beside the conditions, and the per-window sums the intervals were drawn from
+    zero = columns["zero_ablation.ce_next"].astype(np.float64)
+    assert results["zero_ablation"]["ce_next"]["mean"] == pytest.approx(zero.mean(), rel=1e-9)
+    assert (columns["zero_ablation.kl"] > columns["sae.kl"]).mean() > 0.5
+    with np.load(kl14_dir / results["per_window_file"]) as sums:
+        assert sums["window"].tolist() == list(range(8)) and sums["positions"].tolist() == [WINDOW_POSITIONS] * 8
+        by_window = np.bincount(columns["window"], weights=columns["sae_nfm.kl"].astype(np.float64))
+        np.testing.assert_allclose(sums["sae_nfm.kl"], by_window, rtol=1e-12)
+        eps = np.bincount(columns["window"], weights=columns["eps_random.kl"].astype(np.float64).mean(axis=1))
+        np.testing.assert_allclose(sums["eps_random.kl"], eps, rtol=1e-12)
+    interval = full["ci95"]["kl_reduction"]
+    assert interval["low"] <= full["kl_reduction"] <= interval["high"] and interval["windows"] == 8
+    assert full["ci99"]["kl_reduction"]["low"] <= interval["low"]
+    assert (kl14_dir / "kl_intervals.png").is_file()
 
 
 def test_part14_original_eval(kl14_dir: Path, tiny_stage1_dir: Path, tiny_nfm_dir: Path, tmp_path: Path,
@@ -121,6 +135,7 @@ def test_resume_gives_the_same_results(kl14_dir: Path, tiny_stage1_dir: Path, ti
     (["--layer", "1"], "trained at layer 2"),
     (["--num_epsilon_samples", "0"], "num_epsilon_samples must be at least 1"),
     (["--batch_size", "0"], "batch_size must be at least 1"),
+    (["--positions_per_window", "0"], "positions_per_window must be at least 1"),
 ])
 def test_bad_settings_are_refused(tiny_stage1_dir: Path, tiny_nfm_dir: Path, tmp_path: Path, extra: list[str],
                                   message: str) -> None:
@@ -189,7 +204,7 @@ def test_part18_as_trained_and_original(tiny_joint_dir: Path, tmp_path: Path) ->
     joint_dir = tiny_joint_dir
     config = json.loads((joint_dir / "config.json").read_text())["config"]
     run18(joint_dir, tmp_path / "trained")
-    run18(joint_dir, tmp_path / "original", "--original_eval")
+    run18(joint_dir, tmp_path / "original", "--original_eval", "--positions_per_window", "20", "--own_norm_draws", "1")
     trained, trained_columns = load(tmp_path / "trained")
     original, original_columns = load(tmp_path / "original")
     assert list(trained["conditions"]) == list(JOINT_CONDITIONS) and trained["reference"] == "joint_sae"
@@ -202,7 +217,19 @@ def test_part18_as_trained_and_original(tiny_joint_dir: Path, tmp_path: Path) ->
     assert full["kl_reduction"] == pytest.approx(
         1 - trained_columns["joint_full.kl"].mean() / trained_columns["joint_sae.kl"].mean(), rel=1e-5)
     assert trained_columns["eps_random.kl"].shape == (8 * WINDOW_POSITIONS, 2)
-    assert not np.allclose(original_columns["joint_sae.kl"], trained_columns["joint_sae.kl"])
+    # measured at 20 positions of each window, the same for every series, drawn per window as recorded
+    assert original["evaluation"]["positions_per_window_requested"] == 20
+    assert (original["windows"], original["positions_per_window"], original["positions"]) == (8, 20, 160)
+    assert all(values.shape[0] == 160 for values in original_columns.values())
+    assert original_columns["eps_random.kl"].shape == (160, 2) and original_columns["eps_own.joint_full.kl"].shape == (
+        160, 1)
+    assert original["own_norm_draws"] == 1 and original["measurements_with_own_norm_baselines"] == 160 * (4 + 2 + 3)
+    for window in range(8):
+        rows = original_columns["window"] == window
+        assert np.array_equal(original_columns["position"][rows],
+                              measured_positions(window, range(WINDOW_POSITIONS), 20, seed=0))
+    assert original["conditions"]["joint_sae"]["kl"]["mean"] != pytest.approx(
+        trained["conditions"]["joint_sae"]["kl"]["mean"], rel=1e-3)
 
 
 def test_part18_refuses_a_stage1_directory(tiny_stage1_dir: Path, tmp_path: Path) -> None:

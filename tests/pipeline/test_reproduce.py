@@ -115,21 +115,28 @@ def _conditions(results: dict, condition: str, key: str) -> Any:
     return results["conditions"][condition][key]
 
 
-def _paired_above(results: dict, condition: str, test: str) -> bool:
-    """The paired t-test of `test` (first sample minus second) says the first is above, with p < 0.01."""
-    paired = results["conditions"][condition]["tests"][test]["paired"]
-    return paired["t"] > 0 and paired["p"] < ALPHA
+def _excludes(results: dict, condition: str, figure: str, null: float) -> bool:
+    """A KL rule of METHOD §13.1: the figure's 99% bootstrap CI over windows lies wholly above the null."""
+    interval = results["conditions"][condition]["ci99"][figure]
+    return interval["level"] == 0.99 and interval["low"] > null
 
 
-def _reduced(results: dict, condition: str, metric: str, test: str) -> bool:
-    """Rule "reduction > 0 with paired p < 0.01": positive, and reference minus condition significantly above 0."""
-    return _conditions(results, condition, metric) > 0 and _paired_above(results, condition, test)
+def _reduced(results: dict, condition: str, metric: str) -> bool:
+    """Rule "reduction > 0: its 99% CI over windows excludes 0"."""
+    return _excludes(results, condition, metric, 0.0)
 
 
 def _above_eps_random(results: dict, condition: str) -> bool:
-    """Rule "> 1 with paired p < 0.01": the KL ratio to ε-random exceeds 1, the condition's KL significantly above."""
-    ratio = _conditions(results, condition, "kl_ratio_eps_random")
-    return ratio > 1 and _paired_above(results, condition, "kl_vs_eps_random")
+    """Rule "> 1: its 99% CI over windows excludes 1" for the KL ratio to ε-random."""
+    return _excludes(results, condition, "kl_ratio_eps_random", 1.0)
+
+
+def _counts(stage: str) -> dict[str, Expected]:
+    """A KL stage's windows, measured positions and measurements, in both evaluations."""
+    return {name: Expected((f"{stage}/results.json", (key,)), (f"{stage}_original/results.json", (key,)))
+            for name, key in (("windows", "windows"),
+                              ("measured positions (windows × positions measured in each)", "positions"),
+                              ("measurements (measured positions × (conditions + ε draws))", "measurements"))}
 
 
 def _split(o: Outputs, share: str, low_above_high: bool) -> bool:
@@ -206,18 +213,17 @@ EXPECTED: dict[str, dict[str, Expected]] = {
         "KL reduction, SAE + full NFM": Expected(
             ("kl14/results.json", ("conditions", "sae_nfm", "kl_reduction")),
             ("kl14_original/results.json", ("conditions", "sae_nfm", "kl_reduction")),
-            lambda o: _reduced(o["kl14"], "sae_nfm", "kl_reduction", "kl_reference_minus_condition")),
+            lambda o: _reduced(o["kl14"], "sae_nfm", "kl_reduction")),
         "KL reduction, SAE + NFM linear": Expected(
             ("kl14/results.json", ("conditions", "sae_linear", "kl_reduction")),
             ("kl14_original/results.json", ("conditions", "sae_linear", "kl_reduction")),
-            lambda o: _reduced(o["kl14"], "sae_linear", "kl_reduction", "kl_reference_minus_condition")),
+            lambda o: _reduced(o["kl14"], "sae_linear", "kl_reduction")),
         "KL reduction, SAE + NFM interaction": Expected(
             ("kl14/results.json", ("conditions", "sae_interaction", "kl_reduction")),
             ("kl14_original/results.json", ("conditions", "sae_interaction", "kl_reduction")),
             lambda o: _conditions(o["kl14"], "sae_interaction", "kl_reduction")
             < _conditions(o["kl14"], "sae_linear", "kl_reduction")),
-        "measurements": Expected(("kl14/results.json", ("measurements",)),
-                                 ("kl14_original/results.json", ("measurements",))),
+        **_counts("kl14"),
     },
     "KL, joint (part18)": {
         "joint SAE part KL / ε-random KL": Expected(
@@ -228,32 +234,30 @@ EXPECTED: dict[str, dict[str, Expected]] = {
         "KL reduction, joint full": Expected(
             ("kl18/results.json", ("conditions", "joint_full", "kl_reduction")),
             ("kl18_original/results.json", ("conditions", "joint_full", "kl_reduction")),
-            lambda o: _reduced(o["kl18"], "joint_full", "kl_reduction", "kl_reference_minus_condition")
+            lambda o: _reduced(o["kl18"], "joint_full", "kl_reduction")
             and _conditions(o["kl18"], "joint_full", "kl_reduction")
             > _conditions(o["kl14"], "sae_nfm", "kl_reduction")),
         "KL reduction, joint linear only": Expected(
             ("kl18/results.json", ("conditions", "joint_linear", "kl_reduction")),
             ("kl18_original/results.json", ("conditions", "joint_linear", "kl_reduction")),
-            lambda o: _reduced(o["kl18"], "joint_linear", "kl_reduction", "kl_reference_minus_condition")),
+            lambda o: _reduced(o["kl18"], "joint_linear", "kl_reduction")),
         "KL reduction, joint interaction only": Expected(
             ("kl18/results.json", ("conditions", "joint_interaction", "kl_reduction")),
             ("kl18_original/results.json", ("conditions", "joint_interaction", "kl_reduction")),
-            lambda o: _reduced(o["kl18"], "joint_interaction", "kl_reduction", "kl_reference_minus_condition")),
+            lambda o: _reduced(o["kl18"], "joint_interaction", "kl_reduction")),
         "CE (next token) reduction, joint full": Expected(
             ("kl18/results.json", ("conditions", "joint_full", "ce_next_reduction")),
             ("kl18_original/results.json", ("conditions", "joint_full", "ce_next_reduction")),
-            lambda o: _reduced(o["kl18"], "joint_full", "ce_next_reduction", "ce_next_reference_minus_condition")),
+            lambda o: _reduced(o["kl18"], "joint_full", "ce_next_reduction")),
         "CE (next token) reduction, joint linear only": Expected(
             ("kl18/results.json", ("conditions", "joint_linear", "ce_next_reduction")),
             ("kl18_original/results.json", ("conditions", "joint_linear", "ce_next_reduction")),
-            lambda o: _reduced(o["kl18"], "joint_linear", "ce_next_reduction", "ce_next_reference_minus_condition")),
+            lambda o: _reduced(o["kl18"], "joint_linear", "ce_next_reduction")),
         "CE (next token) reduction, joint interaction only": Expected(
             ("kl18/results.json", ("conditions", "joint_interaction", "ce_next_reduction")),
             ("kl18_original/results.json", ("conditions", "joint_interaction", "ce_next_reduction")),
-            lambda o: _reduced(o["kl18"], "joint_interaction", "ce_next_reduction",
-                               "ce_next_reference_minus_condition")),
-        "measurements": Expected(("kl18/results.json", ("measurements",)),
-                                 ("kl18_original/results.json", ("measurements",))),
+            lambda o: _reduced(o["kl18"], "joint_interaction", "ce_next_reduction")),
+        **_counts("kl18"),
     },
     "Orthogonality (part16)": {
         "PCA components for 90%, standalone (original definition)": Expected(
@@ -568,6 +572,33 @@ def test_every_holds_verdict_is_the_rule_computed_here(tiny_run):
         if expected.original is not None and rows[key]["holds_original"] != expected.verdict(original):
             wrong.append((key, "holds_original", rows[key]["holds_original"]))
     assert not wrong, wrong  # (row, column, the report's verdict), where the rule computed here says otherwise
+
+
+# The KL rows whose rule is "its 99% CI excludes the null" show that interval; the other KL figures show their 95%
+# interval, and the counts none (METHOD §13.1).
+KL_RULED_AT_99 = {("KL, sequential (part14)", name) for name in (
+    "SAE KL / ε-random KL", "KL reduction, SAE + full NFM", "KL reduction, SAE + NFM linear")} | {
+    ("KL, joint (part18)", name) for name in (
+        "joint SAE part KL / ε-random KL", "KL reduction, joint full", "KL reduction, joint linear only",
+        "KL reduction, joint interaction only", "CE (next token) reduction, joint full",
+        "CE (next token) reduction, joint linear only", "CE (next token) reduction, joint interaction only")}
+
+
+def test_every_kl_row_shows_the_interval_at_its_rules_level(tiny_run):
+    rows, outputs = _table_rows(tiny_run), _stage_outputs(tiny_run)
+    kl_keys = [key for key in TABLE if key[0].startswith("KL")]
+    assert KL_RULED_AT_99 <= set(kl_keys)
+    for key in kl_keys:
+        row, expected = rows[key], TABLE[key]
+        (file, keys), (original_file, _) = expected.source, expected.original
+        if keys[0] != "conditions":
+            assert "ci_source" not in row, key
+            continue
+        _, condition, figure = keys
+        level = "ci99" if key in KL_RULED_AT_99 else "ci95"
+        assert row["ci"] == outputs[file]["conditions"][condition][level][figure], key
+        assert row["original_ci"] == outputs[original_file]["conditions"][condition][level][figure], key
+        assert row["ci"]["level"] == (0.99 if level == "ci99" else 0.95)
 
 
 def test_a_moved_run_folder_continues_without_rerunning(tiny_run, tmp_path, caplog, monkeypatch):

@@ -7,9 +7,17 @@ import pytest
 import torch
 from scipy import stats
 
+import common.kl.evaluator as evaluator_module
 from common.data.activations import NormStats
 from common.kl.conditions import JOINT_CONDITIONS, SEQUENTIAL_CONDITIONS, joint_conditions, sequential_conditions
-from common.kl.evaluator import EPS_RANDOM, PatchingEvaluator, epsilon_perturb, next_token_metrics, random_unit_vectors
+from common.kl.evaluator import (
+    EPS_RANDOM,
+    PatchingEvaluator,
+    epsilon_perturb,
+    measured_positions,
+    next_token_metrics,
+    random_unit_vectors,
+)
 from common.kl.summary import merge_parts, summarize
 from common.lm.hooks import capture_layer, patch_layer
 from common.lm.model import LoadedLM
@@ -43,10 +51,12 @@ def test_kl_of_identical_logits_is_zero() -> None:
     assert torch.equal(out["ce_argmax"], -logprobs.amax(-1))
 
 
-def test_kl_and_ce_match_scipy() -> None:
+@pytest.mark.parametrize("rows_per_chunk", [1, 4, 1024])  # the CPU's chunks of vocabulary-wide work, a GPU's one
+def test_kl_and_ce_match_scipy(rows_per_chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(evaluator_module.ROWS_PER_CHUNK, "cpu", rows_per_chunk)
     generator = torch.Generator().manual_seed(1)
-    clean, patched = torch.randn(2, 3, 40, generator=generator), torch.randn(2, 3, 40, generator=generator) * 2
-    targets = torch.randint(0, 40, (2, 3), generator=generator)
+    clean, patched = torch.randn(3, 5, 40, generator=generator), torch.randn(3, 5, 40, generator=generator) * 2
+    targets = torch.randint(0, 40, (3, 5), generator=generator)
     argmax = clean.argmax(-1)
     out = next_token_metrics(torch.log_softmax(clean, -1), patched, targets, argmax)
     p, q = (torch.softmax(x.double(), -1).numpy() for x in (clean, patched))
@@ -120,6 +130,20 @@ def test_epsilon_perturbations_have_exactly_the_intended_norm(tiny_lm: LoadedLM)
     again = [p for s, p in evaluator.patches(raw[1:], {k: v[1:] for k, v in norms.items()}, [1, 2]) if s == EPS_RANDOM]
     other = [p for s, p in evaluator.patches(raw, norms, [5, 6, 7]) if s == EPS_RANDOM]
     assert torch.equal(again[0], draws[1][1][1:]) and not torch.equal(other[0], draws[1][1])
+
+
+def test_fewer_own_norm_draws_take_the_first_draws_of_the_same_directions(tiny_lm: LoadedLM) -> None:
+    three = PatchingEvaluator(tiny_lm.model, LAYER, scaled, "same", num_epsilon_samples=3, seed=4)
+    one = PatchingEvaluator(tiny_lm.model, LAYER, scaled, "same", num_epsilon_samples=3, seed=4, own_norm_draws=1)
+    raw = capture_layer(tiny_lm.model, random_ids(tiny_lm), LAYER).float()
+    _, norms = three.reconstructions(raw)
+    every, fewer = list(three.patches(raw, norms, [0, 1, 2])), list(one.patches(raw, norms, [0, 1, 2]))
+    assert [series for series, _ in fewer] == [EPS_RANDOM, "eps_own.scaled", EPS_RANDOM, EPS_RANDOM]
+    main = [patch for series, patch in every if series == EPS_RANDOM]
+    assert all(torch.equal(a, b) for a, b in zip(main, [patch for series, patch in fewer if series == EPS_RANDOM]))
+    assert torch.equal(every[1][1], fewer[1][1])  # the own-norm baseline's one draw is the first of three
+    out = one.evaluate(random_ids(tiny_lm), [0, 1, 2])
+    assert out[f"{EPS_RANDOM}.kl"].shape == (45, 3) and out["eps_own.scaled.kl"].shape == (45, 1)
 
 
 def test_first_position_is_left_unpatched_and_uncounted(tiny_lm: LoadedLM) -> None:
@@ -292,3 +316,78 @@ def test_ratios_reductions_and_tests_match_a_hand_computation(tmp_path) -> None:
     assert versus_sae["independent"]["t"] == pytest.approx(
         stats.ttest_ind(columns["sae.kl"], columns["sae_nfm.kl"]).statistic, rel=1e-12)
     assert versus_sae["paired"]["t"] > 0
+
+
+# ---- measured positions, the zero-ablation, ranks ----------------------------------------------
+
+
+def test_measured_positions_are_seeded_by_the_window_alone() -> None:
+    kept = range(1, 127)
+    drawn = measured_positions(7, kept, 16, seed=0)
+    assert drawn.shape == (16,) and np.all(np.diff(drawn) > 0) and drawn.min() >= 1 and drawn.max() <= 126
+    assert np.array_equal(drawn, measured_positions(7, kept, 16, seed=0))
+    assert not np.array_equal(drawn, measured_positions(8, kept, 16, seed=0))
+    assert not np.array_equal(drawn, measured_positions(7, kept, 16, seed=1))
+    assert np.array_equal(measured_positions(7, kept, None, 0), np.arange(1, 127))
+    assert np.array_equal(measured_positions(7, kept, 500, 0), np.arange(1, 127))
+    # a window's positions do not depend on the batch it is evaluated in
+    evaluator = PatchingEvaluator(None, LAYER, scaled, "same", positions_per_window=5, seed=3)
+    assert torch.equal(evaluator.positions([4, 9], 16)[1], evaluator.positions([9, 2, 6], 16)[0])
+
+
+def _rows(out: dict[str, np.ndarray]) -> dict[tuple[int, int], int]:
+    return {(int(w), int(p)): i for i, (w, p) in enumerate(zip(out["window"], out["position"]))}
+
+
+def test_a_positions_subset_equals_the_full_evaluation_at_those_positions(tiny_lm: LoadedLM) -> None:
+    ids = random_ids(tiny_lm, seed=4)
+    full = PatchingEvaluator(tiny_lm.model, LAYER, scaled, "same", 2, seed=2).evaluate(ids, [3, 4, 5])
+    subset = PatchingEvaluator(tiny_lm.model, LAYER, scaled, "same", 2, seed=2,
+                               positions_per_window=4).evaluate(ids, [3, 4, 5])
+    original_way = PatchingEvaluator(tiny_lm.model, LAYER, scaled, "same", 2, seed=2, shared_prefix=False,
+                                     positions_per_window=4).evaluate(ids, [3, 4, 5])
+    assert subset.keys() == full.keys() == original_way.keys()
+    assert subset["scaled.kl"].shape == (12,) and subset["eps_own.scaled.kl"].shape == (12, 2)
+    for i, window in enumerate([3, 4, 5]):
+        assert np.array_equal(subset["position"][4 * i : 4 * (i + 1)], measured_positions(window, range(15), 4, 2))
+    where = _rows(full)
+    rows = [where[key] for key in zip(subset["window"].tolist(), subset["position"].tolist())]
+    for name in subset:
+        np.testing.assert_allclose(subset[name], full[name][rows], rtol=1e-5, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(original_way[name], full[name][rows], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_zero_ablation_is_the_model_with_a_zero_residual(tiny_lm: LoadedLM) -> None:
+    ids = random_ids(tiny_lm, seed=6)
+    out = PatchingEvaluator(tiny_lm.model, LAYER, scaled, "same", 1).evaluate(ids, [0, 1, 2])
+    first_kept = PatchingEvaluator(tiny_lm.model, LAYER, scaled, "same", 1, first_position=1).evaluate(ids, [0, 1, 2])
+    for first, values in ((0, out), (1, first_kept)):
+        with torch.no_grad():
+            clean = tiny_lm.model(input_ids=ids).logits.double()[:, first:-1]
+            with patch_layer(tiny_lm.model, LAYER, lambda hidden, first=first: torch.cat(
+                    [hidden[:, :first], torch.zeros_like(hidden[:, first:])], 1)):
+                zeroed = tiny_lm.model(input_ids=ids).logits.double()[:, first:-1]
+        log_p, log_q = torch.log_softmax(clean, -1), torch.log_softmax(zeroed, -1)
+        kl = (log_p.exp() * (log_p - log_q)).sum(-1).reshape(-1).numpy()
+        ce_next = -log_q.gather(-1, ids[:, first + 1 :, None])[..., 0].reshape(-1).numpy()
+        np.testing.assert_allclose(values["zero_ablation.kl"], kl, rtol=1e-4, atol=2e-6)
+        np.testing.assert_allclose(values["zero_ablation.ce_next"], ce_next, rtol=1e-5, atol=1e-6)
+    assert out["zero_ablation.kl"].min() > 0
+
+
+def test_two_ranks_write_the_parts_of_one_process_bit_for_bit(tiny_lm: LoadedLM, tmp_path) -> None:
+    from common.data.text import WindowedText, resolve_text
+    from common.kl.evaluator import evaluate_windows
+    from common.runtime.distributed import World
+
+    text = WindowedText(resolve_text(None, "tiny", "eval"), tiny_lm.tokenizer, 16, None)
+    indices = text.available(0, 5)
+    evaluator = PatchingEvaluator(tiny_lm.model, LAYER, scaled, "same", 2, seed=1, positions_per_window=3)
+    one, _ = evaluate_windows(evaluator, text, indices, 2, tmp_path / "one", torch.device("cpu"))
+    for rank in (1, 0):
+        two, done = evaluate_windows(evaluator, text, indices, 2, tmp_path / "two", torch.device("cpu"),
+                                     World(rank=rank, size=2))
+        assert done["batches"] == (2 if rank == 0 else 1)
+    assert [path.name for path in one] == [path.name for path in two]
+    for mine, theirs in zip(one, two):
+        assert mine.read_bytes() == theirs.read_bytes(), mine.name
