@@ -18,3 +18,12 @@ def shared_wikitext_dir() -> Path | None:
         if (folder / WIKITEXT_FILES["train"]).is_file():
             return folder
     return None
+
+
+def portable(path: str | Path, base: str | Path) -> str:
+    """``path`` as a results file may record it, never as an absolute path of this machine: relative to the
+    repository when it lies inside it, else relative to ``base`` (the run folder of the file that records it)."""
+    resolved = Path(path).resolve()
+    if resolved.is_relative_to(REPO_ROOT):
+        return resolved.relative_to(REPO_ROOT).as_posix()
+    return Path(os.path.relpath(resolved, Path(base).resolve())).as_posix()
