@@ -78,3 +78,8 @@ def source_below(source: str, bound: float, text: str) -> Rule:
 
 def equals(target: Any, text: str) -> Rule:
     return Rule(text, lambda v, read: v == target)
+
+
+def ci_excludes(ci: str, positive: bool, text: str) -> Rule:
+    """The interval at ``ci`` ({"low", "high", "level"}) lies wholly above 0 (``positive``) or wholly below it."""
+    return Rule(text, lambda v, read: read(ci)["low"] > 0 if positive else read(ci)["high"] < 0)
