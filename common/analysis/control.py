@@ -34,15 +34,41 @@ def _mean_gap(low: np.ndarray, high: np.ndarray, axis: int = -1) -> np.ndarray:
     return np.mean(low, axis=axis) - np.mean(high, axis=axis)
 
 
-def _rank_r(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Spearman's r along ``axis``: Pearson's r of the ranks (scipy's spearmanr takes no batch axis)."""
-    return stats.pearsonr(stats.rankdata(x, axis=axis), stats.rankdata(y, axis=axis), axis=axis).statistic
+def resample_ranks(dense: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``scipy.stats.rankdata(values[..., idx], axis=-1)`` (average ranks, 1-based) for each row of values, from
+    ``dense`` (arrays, n): their dense ranks (0-based, ties sharing one), without sorting each resample: an entry's
+    rank is the count of entries below it plus half its own count, + 1/2. ``idx`` (resamples, n) indexes the values;
+    the result is (arrays, resamples, n)."""
+    arrays, n = dense.shape
+    codes = dense[:, idx].reshape(-1, idx.shape[-1])  # one row per (array, resample)
+    offsets = (np.arange(codes.shape[0]) * n)[:, None]
+    counts = np.bincount((codes + offsets).ravel(), minlength=codes.shape[0] * n).reshape(codes.shape[0], n)
+    table = np.cumsum(counts, axis=1) - counts + (counts + 1) / 2.0
+    return np.take_along_axis(table, codes, axis=1).reshape(arrays, *idx.shape)
 
 
-def _distribution(samples: tuple[np.ndarray, ...], statistic: Any, paired: bool, seed: int) -> np.ndarray:
-    result = stats.bootstrap(samples, statistic, paired=paired, vectorized=True, n_resamples=DRAWS, batch=BATCH,
-                             confidence_level=LEVEL, method="percentile", rng=np.random.default_rng(seed))
-    return result.bootstrap_distribution
+def _dense(values: np.ndarray) -> np.ndarray:
+    return stats.rankdata(values, method="dense").astype(np.int64) - 1
+
+
+def _draws(squared: np.ndarray, shares: dict[str, np.ndarray], low: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """Bootstrap draws (shares × DRAWS) of each share's low − high gap (the groups resampled apart, the split held)
+    and of its Spearman r with the squared norm (features resampled in pairs)."""
+    values = np.stack([shares[name] for name in SHARES])
+    below, above = np.flatnonzero(low), np.flatnonzero(~low)
+    dense = np.stack([_dense(squared), *(_dense(shares[name]) for name in SHARES)])
+
+    def gaps(low_idx: np.ndarray, high_idx: np.ndarray, axis: int = -1) -> np.ndarray:
+        return values[:, low_idx].mean(axis=-1) - values[:, high_idx].mean(axis=-1)
+
+    def correlations(idx: np.ndarray, axis: int = -1) -> np.ndarray:
+        ranks = resample_ranks(dense, idx)  # (1 + shares, resamples, n): the squared norm's, then each share's
+        return stats.pearsonr(ranks[:1], ranks[1:], axis=-1).statistic
+
+    options = dict(vectorized=True, n_resamples=DRAWS, batch=BATCH, confidence_level=LEVEL, method="percentile")
+    gap = stats.bootstrap((below, above), gaps, paired=False, rng=np.random.default_rng(seed), **options)
+    r = stats.bootstrap((np.arange(len(squared)),), correlations, rng=np.random.default_rng(seed), **options)
+    return {"gap": gap.bootstrap_distribution, "r": r.bootstrap_distribution}
 
 
 def _interval(estimate: float, draws: np.ndarray, n_trained: int, n_untrained: int) -> dict[str, Any]:
@@ -69,20 +95,18 @@ def controlled_shares(trained: dict[str, np.ndarray], untrained: dict[str, np.nd
     its 99% CI, and each r's own 99% CI."""
     models, draws = {}, {}
     for offset, (name, norms) in enumerate((("trained", trained), ("untrained", untrained))):
-        model_seed = seed + offset  # the two models' resamples are independent
         squared = norms["decoder"] ** 2
         shares = pathway_shares(norms["decoder"], norms["linear"], norms["nonlinear"])
         models[name] = describe_model(squared, shares)
-        low = squared < models[name]["split"]
-        draws[name] = {share: (_distribution((shares[share][low], shares[share][~low]), _mean_gap, False, model_seed),
-                               _distribution((squared, shares[share]), _rank_r, True, model_seed))
-                       for share in SHARES}
+        # the two models' resamples are independent
+        draws[name] = _draws(squared, shares, squared < models[name]["split"], seed + offset)
     sizes = (models["trained"]["n"], models["untrained"]["n"])
     out: dict[str, Any] = {"split_rule": SPLIT_RULE, "trained_features": TRAINED_FEATURES,
                            "untrained_features": UNTRAINED_FEATURES, **models,
                            "difference_of_differences": {}, "spearman_difference": {}}
-    for share in SHARES:
-        (gap_t, r_t), (gap_u, r_u) = draws["trained"][share], draws["untrained"][share]
+    for index, share in enumerate(SHARES):
+        gap_t, gap_u = draws["trained"]["gap"][index], draws["untrained"]["gap"][index]
+        r_t, r_u = draws["trained"]["r"][index], draws["untrained"]["r"][index]
         estimate = models["trained"]["shares"][share]["difference"] - models["untrained"]["shares"][share]["difference"]
         out["difference_of_differences"][share] = _interval(estimate, gap_t - gap_u, *sizes)
         r_trained, r_untrained = (models[m]["spearman"][share]["r"] for m in ("trained", "untrained"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 FP16_SMALLEST_SUBNORMAL = 2.0**-24  # ≈ 5.96e-8: anything smaller is stored as 0 in fp16
@@ -16,17 +17,16 @@ FP16_SMALLEST_SUBNORMAL = 2.0**-24  # ≈ 5.96e-8: anything smaller is stored as
 class FlushedAdam(torch.optim.Adam):
     """``torch.optim.Adam`` (no weight decay, AMSGrad or maximize) whose second-moment entries below
     ``flush_below`` are set to zero at every step; its state and state dict are Adam's, so a run resumes the same
-    way. ``flushed_fraction`` is the share of entries zeroed at the last step."""
+    way."""
 
     def __init__(self, params: Iterable[nn.Parameter], lr: float, betas: tuple[float, float], eps: float,
                  flush_below: float = FP16_SMALLEST_SUBNORMAL) -> None:
         super().__init__(params, lr=lr, betas=betas, eps=eps, foreach=False)
-        self.flush_below = flush_below
-        self.flushed_fraction = 0.0
+        # threshold_ keeps what is strictly above its threshold: the largest float below flush_below keeps it too
+        self.keep_above = float(torch.nextafter(torch.tensor(flush_below), torch.tensor(0.0))) if flush_below else -1.0
 
     @torch.no_grad()
     def step(self, closure: None = None) -> None:  # noqa: D102 (Adam's)
-        flushed = total = 0
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for param in group["params"]:
@@ -42,10 +42,7 @@ class FlushedAdam(torch.optim.Adam):
                 step = float(state["step"])
                 exp_avg.lerp_(grad, 1 - beta1)
                 exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                underflow = exp_avg_sq < self.flush_below
-                exp_avg_sq.masked_fill_(underflow, 0.0)
-                flushed, total = flushed + int(underflow.sum()), total + underflow.numel()
+                F.threshold(exp_avg_sq, self.keep_above, 0.0, inplace=True)  # one pass: v < flush_below → 0
                 step_size = group["lr"] / (1 - beta1**step)
                 denom = (exp_avg_sq.sqrt() / (1 - beta2**step) ** 0.5).add_(group["eps"])
                 param.addcdiv_(exp_avg, denom, value=-step_size)
-        self.flushed_fraction = flushed / total if total else 0.0

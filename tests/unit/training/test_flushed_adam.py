@@ -38,11 +38,20 @@ def test_an_underflowing_second_moment_gives_fp16_adams_step():
     assert moved[:2].tolist() == pytest.approx([-ADAM["lr"] * 1e-4 / ADAM["eps"], ADAM["lr"] * 1e-4 / ADAM["eps"]])
     assert moved[2].item() == pytest.approx(-ADAM["lr"] / (1 + ADAM["eps"]), rel=1e-6)
     assert optimizer.state[ours]["exp_avg_sq"][:2].tolist() == [0.0, 0.0]
-    assert optimizer.flushed_fraction == pytest.approx(2 / 3)
     fp16 = torch.nn.Parameter(torch.zeros(3, dtype=torch.float16))
     native = _steps(torch.optim.Adam([fp16], foreach=False, **ADAM), fp16, [grad])
     torch.testing.assert_close(native[:2].float(), moved[:2], rtol=2e-3, atol=0)  # fp16's own rounding
     assert FP16_SMALLEST_SUBNORMAL == torch.finfo(torch.float16).smallest_normal * 2.0**-10
+
+
+def test_the_flush_keeps_the_smallest_subnormal_and_zeroes_what_is_below():
+    """v = 2^-24 exactly (what fp16 can still hold) stays; the next float below it goes."""
+    below = float(torch.nextafter(torch.tensor(FP16_SMALLEST_SUBNORMAL), torch.tensor(0.0)))
+    param = torch.nn.Parameter(torch.zeros(2))
+    optimizer = FlushedAdam([param], lr=1e-3, betas=(0.9, 0.0), eps=1e-5)  # β2 = 0: v is g² itself
+    param.grad = torch.tensor([FP16_SMALLEST_SUBNORMAL, below]).sqrt()
+    optimizer.step()
+    assert optimizer.state[param]["exp_avg_sq"][0] > 0 and optimizer.state[param]["exp_avg_sq"][1] == 0
 
 
 def test_the_trainer_builds_it_only_outside_the_fp16_regime():
