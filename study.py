@@ -82,12 +82,18 @@ def main(argv: list[str] | None = None) -> None:
                                                          "seed 0 (default: run its stages in DIR/main)")
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)),
                         help="the seeds question's seeds beside the main run's 0 (default: 1,2)")
+    parser.add_argument("--regime_seeds", default=None,
+                        help="the regime question's seeds beside 0 for fp16 and flushed Adam, or 'none' for seed 0 "
+                             "alone (default: --seeds); fp32 at those seeds is the seeds question's")
     parser.add_argument("--questions", default=",".join(QUESTIONS), help=f"comma-separated, from {','.join(QUESTIONS)}")
     args = parser.parse_args(argv)
     questions, seeds = parse_questions(args.questions), parse_seeds(args.seeds)
+    regime_seeds = seeds if args.regime_seeds is None else parse_seeds(args.regime_seeds, allow_none=True)
     study_dir = Path(args.output_dir or f"runs/{args.preset}-study")
     main_dir = Path(args.main_run) if args.main_run else study_dir / "main"
-    runs = merge_runs([run for question in questions for run in question_runs(question, args.preset, seeds)])
+    seeds_of = {question: regime_seeds if question == "regime" else seeds for question in questions}
+    runs = merge_runs([run for question in questions for run in question_runs(question, args.preset,
+                                                                               seeds_of[question])])
     if args.main_run:  # a finished reproduce.py run: checked, never written to
         check_main_run(main_dir, runs)
         runs = [run for run in runs if run.variant != MAIN]

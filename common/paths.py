@@ -23,7 +23,7 @@ def shared_wikitext_dir() -> Path | None:
 def portable(path: str | Path, base: str | Path) -> str:
     """``path`` as a results file may record it, never as an absolute path of this machine: relative to the
     repository when it lies inside it, else relative to ``base`` (the run folder of the file that records it)."""
-    resolved = Path(path).resolve()
-    if resolved.is_relative_to(REPO_ROOT):
-        return resolved.relative_to(REPO_ROOT).as_posix()
-    return Path(os.path.relpath(resolved, Path(base).resolve())).as_posix()
+    absolute = Path(os.path.abspath(path))  # not resolved: a linked folder keeps the name the run gave it
+    if absolute.is_relative_to(REPO_ROOT):
+        return absolute.relative_to(REPO_ROOT).as_posix()
+    return Path(os.path.relpath(absolute, os.path.abspath(base))).as_posix()

@@ -20,7 +20,7 @@ import numpy as np
 from scipy import stats
 
 from common.analysis.decoders import NEAR_INIT_TOLERANCE
-from common.stats import DIP_ALPHA, bimodality, dip_test
+from common.stats import DIP_ALPHA, dip_test
 
 SCALE = "squared norm"
 BANDWIDTH = "scott"  # scipy.stats.gaussian_kde's rule: n^(-1/5) times the sample's std
@@ -70,15 +70,15 @@ def kde_valley(values: np.ndarray) -> dict[str, Any]:
 
 
 def verdict(squared: np.ndarray, initial: np.ndarray | None = None, firing: np.ndarray | None = None,
-            held_out_rows: int | None = None, seed: int = 0) -> dict[str, Any]:
+            held_out_rows: int | None = None) -> dict[str, Any]:
     """The verdict on one decoder's squared norms (F,) (all > 0), given each feature's initial squared norm and its
     firing count on ``held_out_rows`` held-out rows; without them the never-moved features cannot be told apart
     (``known`` False) and every feature counts as moved.
 
     Returns ``n``; ``never_moved`` (``known``, ``count``, ``fraction``, ``rule``); ``moved`` (``n``, ``dip``,
-    ``kde``, ``mixture`` (the description), ``low_mode_below``: the valley's squared norm, below which a moved
-    feature is in the low mode, and ``by_firing``: ``low_mode_shares`` of the moved features); ``bimodal``;
-    ``reason``; ``rule``; ``scale``.
+    ``kde``, ``low_mode_below``: the valley's squared norm, below which a moved feature is in the low mode, and
+    ``by_firing``: ``low_mode_shares`` of the moved features); ``bimodal``; ``reason``; ``rule``; ``scale``. The
+    two-component mixture, a description, is part16's ``bimodality`` beside it.
     """
     squared = np.asarray(squared, dtype=np.float64)
     known = initial is not None and firing is not None
@@ -94,15 +94,13 @@ def verdict(squared: np.ndarray, initial: np.ndarray | None = None, firing: np.n
         return {**out, "moved": {"n": int(len(moved_values))}, "bimodal": False,
                 "reason": f"fewer than {MIN_MOVED} moved features with distinct norms"}
     dip, kde = dip_test(moved_values), kde_valley(moved_values)
-    mixture = bimodality(moved_values, seed)
     bimodal = bool(dip["bimodal"] and kde["valley"])
     low_mode_below = kde["valley_location"]
     reason = ("dip test rejects and a valley lies between the two highest modes" if bimodal else
               "; ".join(part for part, failed in ((f"dip p = {dip['p']:.3g} (not < {DIP_ALPHA:g})", not dip["bimodal"]),
                                                   ("no valley between the two highest modes", not kde["valley"]))
                         if failed))
-    moved = {"n": int(len(moved_values)), "dip": dip, "kde": kde, "low_mode_below": low_mode_below,
-             "mixture": {key: mixture[key] for key in ("two_component", "delta_bic", "ashman_d", "bimodal", "rule")}}
+    moved = {"n": int(len(moved_values)), "dip": dip, "kde": kde, "low_mode_below": low_mode_below}
     if known and held_out_rows:
         moved["by_firing"] = low_mode_shares(moved_values, np.asarray(firing)[~still], held_out_rows, low_mode_below)
     return {**out, "moved": moved, "bimodal": bimodal, "reason": reason}

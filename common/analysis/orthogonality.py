@@ -63,7 +63,7 @@ def analyse(decoder: LoadedDecoder, cfg: OrthoConfig) -> dict[str, Any]:
         "n_dropped": gram["n_dropped"],
         "squared_norms": gram["diagonal"],
         "bimodality": bimodality(kept, cfg.seed),
-        "verdict": decoder_verdict(decoder, kept_mask, cfg.seed),
+        "verdict": decoder_verdict(decoder, kept_mask),
         "moved_from_init": {"band": band, **moved_summary(kept, band)},
         "gram_offdiag": gram["raw"],
         "cosine_offdiag": {**gram["cosine"],
@@ -76,12 +76,12 @@ def analyse(decoder: LoadedDecoder, cfg: OrthoConfig) -> dict[str, Any]:
     return result
 
 
-def decoder_verdict(decoder: LoadedDecoder, kept: np.ndarray, seed: int) -> dict[str, Any]:
+def decoder_verdict(decoder: LoadedDecoder, kept: np.ndarray) -> dict[str, Any]:
     """The one bimodality verdict (``common.analysis.modes``) on the kept features, with their initial squared norms
     and firing counts where the directory gives them."""
     initial = None if decoder.initial is None else squared_norms(decoder.initial).numpy()[kept]
     firing = None if decoder.firing is None else decoder.firing.numpy()[kept]
-    return verdict(squared_norms(decoder.W_dec).numpy()[kept], initial, firing, decoder.held_out_rows, seed)
+    return verdict(squared_norms(decoder.W_dec).numpy()[kept], initial, firing, decoder.held_out_rows)
 
 
 def _verdict_cell(entry: dict[str, Any]) -> str:

@@ -16,7 +16,7 @@ VERDICTS = [Figure("standalone SAE bimodal (verdict)", "ortho.standalone_bimodal
 VERDICT = ("the one verdict of METHOD §13.3, as REPORT.md's 'Squared norms (part16)' rows: never-moved features set "
            "apart, then the dip test (p < 0.05) and a KDE valley between the two highest modes on the moved ones")
 COLUMNS = ("decoder", "features", "never moved", "moved", "dip p (moved)", "KDE valley ratio", "verdict",
-           "mixture rule (description)", "low mode: rare / other firing")
+           "mixture rule on all features (description)", "low mode: rare / other firing")
 
 
 def _variants(runs: Runs) -> list[str]:
@@ -26,14 +26,16 @@ def _variants(runs: Runs) -> list[str]:
     return ["main", *[name for name in found if name != "main"]]
 
 
-def _entry(variant: str, sae: str, verdict: dict[str, Any]) -> dict[str, Any]:
+def _entry(variant: str, sae: str, analysed: dict[str, Any]) -> dict[str, Any]:
+    """One decoder's row from its part16 entry: the verdict, and the mixture rule as a description."""
+    verdict = analysed["verdict"]
     moved, never = verdict["moved"], verdict["never_moved"]
     firing = moved.get("by_firing", {})
     return {"decoder": f"{variant}/{'sae1' if sae == 'standalone' else 'joint'}", "variant": variant, "sae": sae,
             "source": f"{variant}/ortho:saes.{sae}.verdict", "n": verdict["n"], "never_moved": never["count"],
             "moved": moved["n"], "dip_p": moved.get("dip", {}).get("p"),
             "valley_ratio": moved.get("kde", {}).get("ratio"),
-            "bimodal": verdict["bimodal"], "mixture": moved.get("mixture", {}).get("bimodal"),
+            "bimodal": verdict["bimodal"], "mixture": analysed["bimodality"]["bimodal"],
             "low_share_rare": firing.get("low_share_rare"), "low_share_rest": firing.get("low_share_rest"),
             "reason": verdict.get("reason")}
 
@@ -42,7 +44,7 @@ def bimodality_section(runs: Runs) -> dict[str, Any]:
     entries = []
     for variant in _variants(runs):
         saes = runs.value(variant, "ortho:saes") or {}
-        entries += [_entry(variant, sae, saes[sae]["verdict"]) for sae in ("standalone", "joint")
+        entries += [_entry(variant, sae, saes[sae]) for sae in ("standalone", "joint")
                     if "verdict" in saes.get(sae, {})]
     main = {e["sae"]: e for e in entries if e["variant"] == "main"}
     section = {"columns": list(COLUMNS), "entries": entries, "verdict": VERDICT}
@@ -70,4 +72,7 @@ def bimodality_lines(section: dict[str, Any]) -> list[str]:
                      f"| {render(e['valley_ratio'], 'num')} | {'bimodal' if e['bimodal'] else 'not bimodal'} "
                      f"| {render(e['mixture'], 'bool')} | {render(e['low_share_rare'], 'pct')} / "
                      f"{render(e['low_share_rest'], 'pct')} |")
-    return [*lines, "", f"Verdict: {section['verdict']}."]
+    bimodal = sum(e["bimodal"] for e in section["entries"])
+    mixture_only = sum(bool(e["mixture"]) and not e["bimodal"] for e in section["entries"])
+    return [*lines, "", f"Bimodal by the verdict: {bimodal} of {len(section['entries'])} decoders; by the mixture rule "
+            f"but not the verdict: {mixture_only}.", "", f"Verdict: {section['verdict']}."]

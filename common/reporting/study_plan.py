@@ -90,9 +90,9 @@ def trained_k_runs(preset: str, seeds: tuple[int, ...]) -> list[Run]:
 
 
 def pathology_runs(preset: str, seeds: tuple[int, ...]) -> list[Run]:
-    """part14 on the trained-K NFM: the SAE condition runs at the K the SAE trained with; the main run's KL stages
-    under both evaluations, the joint model's SAE part included."""
-    return [Run(MAIN, ("sae1", "nfm", "joint", "kl14", "kl14_original", "kl18", "kl18_original")),
+    """part14 on the trained-K NFM: the SAE condition runs at the K the SAE trained with, beside the main run's
+    part14 under both evaluations (its part18, the joint model's SAE part, is read where the main run has it)."""
+    return [Run(MAIN, ("sae1", "nfm", "kl14", "kl14_original")),
             Run("trained_k", ("nfm", "kl14"), flags=trained_k_flags(preset))]
 
 
@@ -133,7 +133,10 @@ def merge_runs(runs: list[Run]) -> list[Run]:
     return sorted(merged.values(), key=lambda run: run.variant != MAIN)
 
 
-def parse_seeds(text: str) -> tuple[int, ...]:
+def parse_seeds(text: str, allow_none: bool = False) -> tuple[int, ...]:
+    """Comma-separated distinct seeds other than 0 (the main run's); ``none`` for no other seed where allowed."""
+    if allow_none and text.strip() == "none":
+        return ()
     try:
         seeds = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:

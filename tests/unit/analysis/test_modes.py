@@ -49,7 +49,7 @@ def test_a_spike_of_never_moved_features_is_set_apart():
 def test_a_flat_sample_is_bimodal_by_the_mixture_rule_and_not_by_the_verdict():
     assert bimodality(UNIFORM)["bimodal"]
     result = _moved_everywhere(UNIFORM)
-    assert result["moved"]["mixture"]["bimodal"] and not result["bimodal"]
+    assert not result["bimodal"]
     assert result["moved"]["kde"]["ratio"] is None or result["moved"]["kde"]["ratio"] > VALLEY_RATIO
 
 
@@ -79,3 +79,16 @@ def test_low_mode_shares_by_firing_frequency():
     assert (shares["rare"], shares["rest"]) == (3, 3)
     assert shares["low_share_rare"] == pytest.approx(2 / 3) and shares["low_share_rest"] == pytest.approx(1 / 3)
     assert low_mode_shares(squared, firing, 10_000, None)["low_share_rare"] is None
+
+
+def test_a_small_far_bump_neither_displaces_the_two_highest_modes_nor_makes_a_verdict_alone():
+    """A 1% cluster far to the left of two modes is a third, lowest mode: the KDE's two highest modes stay the main
+    two; and a far cluster's valley that the dip test does not back is no bimodality."""
+    main = np.concatenate([RNG.normal(0.2, 0.01, 3000), RNG.normal(0.45, 0.02, 3000)])
+    bumped = np.concatenate([RNG.normal(0.02, 0.002, 60), main])
+    kde = kde_valley(bumped)
+    low, high = sorted(kde["modes"][:2])
+    assert len(kde["modes"]) >= 3 and low == pytest.approx(0.2, abs=0.02) and high == pytest.approx(0.45, abs=0.02)
+    assert 0.2 < kde["valley_location"] < 0.45
+    alone = _moved_everywhere(np.concatenate([LOGNORMAL, RNG.normal(0.9, 0.005, 60)]))
+    assert alone["moved"]["kde"]["valley"] and alone["moved"]["dip"]["p"] > 0.05 and not alone["bimodal"]
