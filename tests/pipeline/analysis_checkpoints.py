@@ -14,6 +14,7 @@ from common.store.stage_files import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, wr
 D, F, NFM_K = 64, 1000, 6  # the tiny preset's shapes: the initial squared norm d/(3F) is 0.0213 as in the paper
 HELD_OUT_ROWS = 1000
 N_INIT, N_LOW_MOVED, N_HIGH = 100, 200, 700  # the joint decoder's constructed populations, in this row order
+N_SILENT = 10  # the last high rows: moved, yet silent on the held-out rows
 
 
 def _write_stage(folder: Path, stage: str, module: torch.nn.Module, d_model: int, config: dict) -> Path:

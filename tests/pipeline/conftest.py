@@ -11,6 +11,7 @@ from tests.pipeline.analysis_checkpoints import (
     N_HIGH,
     N_INIT,
     N_LOW_MOVED,
+    N_SILENT,
     NFM_K,
     D,
     F,
@@ -35,7 +36,8 @@ def joint_weights() -> dict[str, torch.Tensor]:
     W_dec = torch.cat([untouched, rows_with_norms(low_sq.sqrt(), D, g), rows_with_norms(high_sq.sqrt(), D, g)])
     linear = rows_with_norms(torch.rand(F, generator=g, dtype=torch.float64) + 0.2, D, g)
     embeddings = rows_with_norms(torch.rand(F, generator=g, dtype=torch.float64) + 0.2, NFM_K, g)
-    firing = torch.cat([torch.zeros(N_INIT, dtype=torch.int64), torch.full((F - N_INIT,), 5, dtype=torch.int64)])
+    firing = torch.cat([torch.zeros(N_INIT, dtype=torch.int64), torch.full((F - N_INIT - N_SILENT,), 5),
+                        torch.zeros(N_SILENT, dtype=torch.int64)])
     return {"W_dec": W_dec, "linear": linear, "embeddings": embeddings, "firing": firing}
 
 

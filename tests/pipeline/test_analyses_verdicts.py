@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from tests.pipeline.analysis_checkpoints import N_HIGH, N_INIT, N_LOW_MOVED, F, initial_joint
+from tests.pipeline.analysis_checkpoints import N_HIGH, N_INIT, N_LOW_MOVED, N_SILENT, F, initial_joint
 
 
 def test_part16_verdict_sets_the_untouched_features_apart(ortho_run, joint_weights):
@@ -17,9 +17,9 @@ def test_part16_verdict_sets_the_untouched_features_apart(ortho_run, joint_weigh
     moved = verdict["moved"]
     assert moved["n"] == N_LOW_MOVED + N_HIGH and verdict["bimodal"]
     assert moved["dip"]["p"] < 0.05 and moved["kde"]["ratio"] < 0.9 and 0.08 < moved["low_mode_below"] < 0.25
-    # the low mode is the 200 moved low rows; all of them fire on 5 of 1,000 rows, so none is rare (< 0.1%)
-    assert moved["by_firing"]["rare"] == 0 and moved["by_firing"]["low_share_rest"] == pytest.approx(
-        N_LOW_MOVED / (N_LOW_MOVED + N_HIGH))
+    # the low mode is the 200 moved low rows, all firing on 5 of 1,000 rows; the 10 silent high rows are the rare ones
+    assert moved["by_firing"]["rare"] == N_SILENT and moved["by_firing"]["low_share_rare"] == 0
+    assert moved["by_firing"]["low_share_rest"] == pytest.approx(N_LOW_MOVED / (N_LOW_MOVED + N_HIGH - N_SILENT))
     stage1 = ortho_run["saes"]["stage1"]["verdict"]
     assert not stage1["never_moved"]["known"] and stage1["moved"]["n"] == F and not stage1["bimodal"]
 
@@ -38,10 +38,10 @@ def test_part17_untrained_control_by_hand(bimodal_run, joint_weights):
         total = decoder + linear + nonlinear
         return decoder**2, {"interaction": (linear + nonlinear) / total, "residual": decoder / total}
 
-    analysed = slice(N_INIT, F)  # the untouched rows neither moved nor fired
+    analysed = slice(N_INIT, F - N_SILENT)  # the untouched rows neither moved nor fired; the silent ones moved only
     sq_t, shares_t = shares_of({name: w[analysed] for name, w in W.items()})
     sq_u, shares_u = shares_of(untrained)
-    assert (control["trained"]["n"], control["untrained"]["n"]) == (F - N_INIT, F)  # the control has the model's F
+    assert (control["trained"]["n"], control["untrained"]["n"]) == (F - N_INIT - N_SILENT, F)  # the control has all F
     for share in ("interaction", "residual"):
         gaps = [values[sq < np.median(sq)].mean() - values[sq >= np.median(sq)].mean()
                 for sq, values in ((sq_t, shares_t[share]), (sq_u, shares_u[share]))]
