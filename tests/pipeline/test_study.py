@@ -83,7 +83,7 @@ def test_each_number_is_its_stage_output_and_names_its_command(tiny_study, tiny_
                 record = json.loads((folder / "reproduce_records" / f"{source.split(':')[0]}.json").read_text())
                 assert cell["command"] == _command(record, out), (name, row["name"])
                 checked += 1
-    assert checked > 80
+    assert checked > 60
     commands = {cell["source"].split(":")[0]: cell["command"] for name in ("regime", "k", "length")
                 for row in result["questions"][name]["rows"] for cell in row["cells"] if cell["command"]}
     # each variant changes what it says it changes (tiny: K 20, 100 stage-1 and 60 stage-3 steps, 2 joint epochs)
