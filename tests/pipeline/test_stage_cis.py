@@ -4,7 +4,11 @@ figure, and the firing file agrees with the dead fraction and L0 the metrics rep
 from pathlib import Path
 
 import pytest
+import torch
 
+from common.config.presets import build_config
+from common.data.activations import open_stream
+from common.models.loading import load_sae
 from common.store.reads import load_json
 from common.store.stage_files import read_firing_counts
 
@@ -58,3 +62,18 @@ def test_stage5(tiny_joint_dir):
         metrics["improvement_vs_standalone"], rel=1e-12)
     rows = sum(window["rows"])
     _firing_agrees(tiny_joint_dir, {**metrics, "evaluated_rows": rows}, 1000, metrics["l0"])
+
+
+def test_the_firing_file_is_the_saved_sae_on_the_held_out_rows(tiny_stage1_dir, tiny_lm):
+    """The saved SAE, fed the held-out windows again, fires each feature on as many rows as the file says."""
+    sae, norm, _ = load_sae(tiny_stage1_dir)
+    cfg = build_config("sae1", {"preset": "tiny"})
+    rows = open_stream(cfg, tiny_lm).val_rows(cfg.val_tokens // cfg.window, within=cfg.num_tokens // cfg.window)
+    counts_here = torch.zeros(sae.num_features, dtype=torch.int64)
+    with torch.no_grad():
+        for start in range(0, rows.shape[0], cfg.batch_size):  # the model's own dense encode, batched as the stage
+            acts, indices = sae.encode(norm.normalize(rows[start : start + cfg.batch_size]))
+            for row_acts, row_indices in zip(acts, indices):
+                counts_here[row_indices[row_acts > 1e-6]] += 1
+    counts, held_out = read_firing_counts(tiny_stage1_dir)
+    assert held_out == rows.shape[0] and torch.equal(counts, counts_here)
