@@ -17,10 +17,13 @@ from common.errors import UserError
 from common.models.joint import JointSAENFM
 from common.models.loading import StageInput, load_sae, open_input
 from common.models.sae import check_sae_shape
+from common.paths import portable
 from common.stages.cli import run_cli
 from common.stages.trained import StageData, StageRun, TrainedStage
+from common.store.stage_files import write_firing_counts
 from common.training.joint_objective import evaluate_joint, format_joint_table, joint_loss, joint_stage_metrics
 from common.training.metrics import EVAL_BATCH_ROWS
+from common.training.window_cis import rows_per_window
 
 PAPER_EVAL_ROWS = 1_000  # the paper's figures came from the first 1,000 training tokens of the first chunk
 VALIDATION_KEYS = ("loss", "sae_part_mse", "improvement", "linear_share")  # per-validation history (the curves)
@@ -115,17 +118,19 @@ class Stage5(TrainedStage):
         if not self.paper_rows:  # chunk 1 was trained before a --resume: harvest the start of it again
             self.paper_rows.append(self.plan.train_rows(0)[:PAPER_EVAL_ROWS])
         standalone = None if self.sae1 is None else self.sae1[0]
-        metrics = joint_stage_metrics(best, self.val_rows, self.paper_rows[0], self.norm, run.rt,
-                                      self.cfg.dead_threshold, standalone)
+        metrics, firing = joint_stage_metrics(best, self.val_rows, self.paper_rows[0], self.norm, run.rt,
+                                              self.cfg.dead_threshold, rows_per_window(self.cfg), standalone)
+        write_firing_counts(run.out, firing, self.val_rows.shape[0])
+        run_folder = run.out.parent  # inputs are recorded relative to it (or to the repository), never absolute
         if standalone is not None:
-            metrics["standalone_sae"] = (f"stage-1 SAE {self.cfg.sae1_model_path} (F {standalone.num_features}, "
-                                         f"K {standalone.k}) on the same rows")
+            metrics["standalone_sae"] = (f"stage-1 SAE {portable(self.cfg.sae1_model_path, run_folder)} "
+                                         f"(F {standalone.num_features}, K {standalone.k}) on the same rows")
         if self.sequential is not None:
             config = self.sequential.config
             metrics["sequential_improvement_val"] = float(self.sequential.metrics()["error_reduction_val"])
-            metrics["sequential"] = (f"stage 2 {self.cfg.nfm_model_path}: its error_reduction_val, "
-                                     f"the NFM on the residual of the stage-1 SAE at K {config['sae_k']}, "
-                                     f"top {config['top_n_features']}")
+            metrics["sequential"] = (f"stage 2 {portable(self.cfg.nfm_model_path, run_folder)}: its "
+                                     "error_reduction_val, the NFM on the residual of the stage-1 SAE at K "
+                                     f"{config['sae_k']}, top {config['top_n_features']}")
         return metrics
 
     def print_table(self, metrics: dict, out: Path) -> None:

@@ -1,6 +1,6 @@
 """Stage 6: orthogonality of two SAEs' decoders (METHOD §6): Gram and cosine statistics computed in blocks, PCA on
 the original's definition and the standard one, and the bimodality of the squared norms (the two-component
-mixture fit that part17 reads from this script's --output_dir).
+mixture fit that part17 reads from this script's --output_dir, and the one bimodality verdict of METHOD §13.3).
 
     python part16_orthogonality.py                 # stage-1 SAE (checkpoints_topk) vs the joint model's SAE
     python part16_orthogonality.py --preset cpu --sae1_model_path runs/cpu/sae1 --sae2_model_path runs/cpu/joint
@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from common.analysis.decoders import load_decoder, run_record
+from common.analysis.decoders import load_decoder, run_folder, run_record
 from common.analysis.geometry import squared_norms
 from common.analysis.orthogonality import ANALYSIS, MIN_FEATURES, analyse, format_table, plot
 from common.config.fields import input_paths
@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if cfg.sae1_name == cfg.sae2_name:
         raise UserError(f"--sae1_name and --sae2_name are both '{cfg.sae1_name}': give the two SAEs different names")
     resolve_device(cfg.device)
-    decoders = [load_decoder(cfg.sae1_model_path, "--sae1_model_path", cfg.sae1_name),
-                load_decoder(cfg.sae2_model_path, "--sae2_model_path", cfg.sae2_name)]
+    decoders = [load_decoder(cfg.sae1_model_path, "--sae1_model_path", cfg.sae1_name, run_folder(cfg)),
+                load_decoder(cfg.sae2_model_path, "--sae2_model_path", cfg.sae2_name, run_folder(cfg))]
     first, second = (decoder.source["d_model"] for decoder in decoders)
     if first != second:
         raise UserError(f"the two SAEs have different widths (d = {first} and {second}): their decoders cannot be "

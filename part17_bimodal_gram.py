@@ -1,13 +1,14 @@
 """Stage 7: the joint model's low- and high-norm features (METHOD §7): how each feature's weight splits between the
 residual pathway (its decoder column) and the NFM's linear column and embedding row, below and above a
-squared-norm split, with part16's two-component mixture fit of the same squared norms printed beside.
+squared-norm split, with part16's two-component mixture fit of the same squared norms printed beside; and the same
+shares on the moved, active features beside the model at its initialization, each split at its median (the untrained
+control, METHOD §13.4).
 
     python part17_bimodal_gram.py --joint_model_path checkpoints_joint --orthogonality_dir orthogonality_results
     python part17_bimodal_gram.py --preset cpu --joint_model_path runs/cpu/joint --orthogonality_dir runs/cpu/ortho
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from common.analysis.bimodal import (
@@ -21,12 +22,14 @@ from common.analysis.bimodal import (
     format_table,
     pathway_norms,
     plot,
+    untrained_control,
 )
-from common.analysis.decoders import initial_norm_band, read_results, run_record, source_record
+from common.analysis.decoders import initial_norm_band, read_results, run_folder, run_record, source_record
 from common.config.fields import input_paths
 from common.config.stages import BimodalConfig
 from common.errors import UserError
 from common.models.loading import load_joint
+from common.paths import portable
 from common.stages.cli import run_cli
 from common.stages.finish import write_results
 from common.stages.opening import stage_config
@@ -40,7 +43,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not cfg.orthogonality_dir:
         raise UserError("--orthogonality_dir is required: part16's output folder, whose mixture fit this table prints")
     joint, _, joint_source = load_joint(cfg.joint_model_path)
-    source = source_record(joint_source)
+    source = source_record(joint_source, run_folder(cfg))
     orthogonality = read_results(cfg.orthogonality_dir, "--orthogonality_dir", "orthogonality")
     fit_name, fit_entry = find_mixture_fit(orthogonality, source, cfg.orthogonality_dir)
     norms = pathway_norms(joint)
@@ -53,6 +56,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     band = initial_norm_band(source["d_model"], source["features"])
     analysis = analyse(norms, valid, low, band)
+    controlled = untrained_control(joint_source, norms, valid, cfg.seed)
     plot_data = analysis.pop("_plot")
     results = {
         **run_record(cfg, ANALYSIS),
@@ -66,8 +70,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         **analysis,
         "spearman_note": CONSTRUCTION_NOTE,
         "moved_from_init_band": band,
-        "mixture_fit": {"from": str(Path(cfg.orthogonality_dir).resolve()), "sae_name": fit_name,
+        "mixture_fit": {"from": portable(cfg.orthogonality_dir, run_folder(cfg)), "sae_name": fit_name,
                         **fit_entry["bimodality"]},
+        "controlled": controlled,
     }
     with out.writing(clear=cfg.overwrite):
         plot(results, plot_data, out.path)

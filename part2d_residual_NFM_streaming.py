@@ -23,6 +23,7 @@ from common.stages.cli import run_cli
 from common.stages.trained import StageData, StageRun, TrainedStage
 from common.training.metrics import EVAL_BATCH_ROWS
 from common.training.nfm_objective import SAECodes, concat, evaluate_nfm, nfm_loss, sae_codes, subset
+from common.training.window_cis import nfm_cis, rows_per_window
 
 ERRORS = ("residual_mse_before", "residual_mse_after", "error_reduction")
 COMPONENTS = ("mean_abs_linear", "mean_abs_interaction", "linear_share", "interaction_share")
@@ -97,7 +98,7 @@ class Stage2(TrainedStage):
                 self.chunks.load(chunk)
         sample = concat([self.train_sample[c] for c in sorted(self.train_sample)])
         with autocast(run.rt.precision, run.rt.device):
-            val = evaluate_nfm(best, self.val_codes, run.rt.decode, EVAL_BATCH_ROWS)
+            val = evaluate_nfm(best, self.val_codes, run.rt.decode, EVAL_BATCH_ROWS, rows_per_window(self.cfg))
             train = evaluate_nfm(best, sample, run.rt.decode, EVAL_BATCH_ROWS)
         return {
             **{f"{key}_train": train[key] for key in ERRORS},
@@ -111,6 +112,8 @@ class Stage2(TrainedStage):
             "num_features": self.sae.num_features,
             "sae_k": self.cfg.sae_k,
             "top_n_features": self.cfg.top_n_features,
+            "ci": nfm_cis(val["per_window"], self.val_codes.residual.shape[1]),
+            "per_window": val["per_window"],
         }
 
     def print_table(self, metrics: dict, out: Path) -> None:

@@ -4,12 +4,13 @@ study.json with one table per question and the command behind every number.
     python study.py --preset cpu --output_dir runs/cpu-study --main_run runs/cpu            # every question
     python study.py --preset cpu --output_dir runs/cpu-study --main_run runs/cpu --questions k,pathology
 
-Questions: regime (fp16 as the original trained, against fp32), k (stage 2 at the SAE's trained K), pathology (part14
-with the SAE at its trained K), length (stages 1 and 5 at 3x the steps), seeds (stages 1 → 2 → 5 → 14 → 16 → 17 → 18
-under two more seeds; the main run is seed 0), bimodality (the dip test, a valley check, the initial decoder and the
-features that moved). Without --main_run the main run's stages are run first in DIR/main. A re-run skips what is
-finished and continues what was interrupted, so the questions can be run in parts; the tables always cover every
-question whose runs exist.
+Questions: regime (stages 1, 2, 5 in fp32, in the original's fp16 and in fp32 with Adam's second moment flushed
+where fp16 would underflow it, each at three seeds), k (stage 2 at the SAE's trained K), pathology (part14 with the SAE
+at its trained K, beside both evaluations of the sequential and the joint SAE), length (stages 1, 3 and 5 at 3x the
+steps), seeds (stages 1 → 2 → 5 → 14 → 16 → 17 → 18, the KL stages under both evaluations, under two more seeds; the
+main run is seed 0), bimodality (the one verdict of METHOD §13.3 on every decoder above). Without --main_run the
+stages the questions read from the main run are run first in DIR/main. A re-run skips what is finished and continues
+what was interrupted, so the questions can be run in parts; the tables always cover every question whose runs exist.
 """
 from __future__ import annotations
 
@@ -21,12 +22,13 @@ from pathlib import Path
 
 from common.config.presets import PRESETS
 from common.reporting.study_plan import (
-    SEED_STAGES,
+    MAIN,
     SEEDS,
     Run,
     borrowed,
     check_main_run,
     link_to_main,
+    merge_runs,
     parse_seeds,
     variant_dir,
 )
@@ -80,16 +82,21 @@ def main(argv: list[str] | None = None) -> None:
                                                          "seed 0 (default: run its stages in DIR/main)")
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)),
                         help="the seeds question's seeds beside the main run's 0 (default: 1,2)")
+    parser.add_argument("--regime_seeds", default=None,
+                        help="the regime question's seeds beside 0 for fp16 and flushed Adam, or 'none' for seed 0 "
+                             "alone (default: --seeds); fp32 at those seeds is the seeds question's")
     parser.add_argument("--questions", default=",".join(QUESTIONS), help=f"comma-separated, from {','.join(QUESTIONS)}")
     args = parser.parse_args(argv)
     questions, seeds = parse_questions(args.questions), parse_seeds(args.seeds)
+    regime_seeds = seeds if args.regime_seeds is None else parse_seeds(args.regime_seeds, allow_none=True)
     study_dir = Path(args.output_dir or f"runs/{args.preset}-study")
     main_dir = Path(args.main_run) if args.main_run else study_dir / "main"
-    runs = [run for question in questions for run in question_runs(question, args.preset, seeds)]
-    if args.main_run:
+    seeds_of = {question: regime_seeds if question == "regime" else seeds for question in questions}
+    runs = merge_runs([run for question in questions for run in question_runs(question, args.preset,
+                                                                               seeds_of[question])])
+    if args.main_run:  # a finished reproduce.py run: checked, never written to
         check_main_run(main_dir, runs)
-    else:
-        runs.insert(0, Run("main", SEED_STAGES))
+        runs = [run for run in runs if run.variant != MAIN]
     base = base_args(args.preset)
     preload()  # the stages' heavy imports, once, before they are forked
     with OutputDir(study_dir, resume=True).writing():

@@ -18,3 +18,12 @@ def shared_wikitext_dir() -> Path | None:
         if (folder / WIKITEXT_FILES["train"]).is_file():
             return folder
     return None
+
+
+def portable(path: str | Path, base: str | Path) -> str:
+    """``path`` as a results file may record it, never as an absolute path of this machine: relative to the
+    repository when it lies inside it, else relative to ``base`` (the run folder of the file that records it)."""
+    absolute = Path(os.path.abspath(path))  # not resolved: a linked folder keeps the name the run gave it
+    if absolute.is_relative_to(REPO_ROOT):
+        return absolute.relative_to(REPO_ROOT).as_posix()
+    return Path(os.path.relpath(absolute, os.path.abspath(base))).as_posix()

@@ -172,38 +172,16 @@ def reduction(condition: np.ndarray, reference: np.ndarray) -> float:
     return 1.0 - ratio(condition, reference)
 
 
-VALLEY_RATIO = 0.9
 DIP_ALPHA = 0.05
 
 
 def dip_test(values: np.ndarray) -> dict:
     """Hartigan's dip test of unimodality (the ``diptest`` package; p from its interpolated null table)."""
-    import diptest  # only the study needs it
+    import diptest  # only the bimodality verdict needs it (common/analysis/modes.py)
 
     dip, p = diptest.diptest(np.asarray(values, dtype=np.float64).ravel())
     return {"dip": float(dip), "p": float(p), "bimodal": bool(p < DIP_ALPHA),
             "rule": f"Hartigan's dip test rejects unimodality with p < {DIP_ALPHA:g}"}
-
-
-def valley(values: np.ndarray, means: list[float]) -> dict:
-    """Whether the sample's density dips between two mode locations (the fitted mixture's means).
-
-    Two separated Gaussians also fit a skewed or flat sample; a true second mode leaves a valley. The density is a
-    Gaussian KDE (Scott's bandwidth) on a 512-point grid between the two means.
-    """
-    x = np.asarray(values, dtype=np.float64).ravel()
-    density = stats.gaussian_kde(x)
-    low, high = sorted(means)
-    grid = np.linspace(low, high, 512)
-    curve = density(grid)
-    floor = float(curve.min())
-    shoulder = float(min(curve[0], curve[-1]))
-    ratio = floor / shoulder if shoulder > 0 else float("nan")
-    return {"density_at_means": [float(curve[0]), float(curve[-1])], "valley_density": floor,
-            "valley_location": float(grid[int(curve.argmin())]), "ratio": ratio,
-            "valley": bool(ratio < VALLEY_RATIO),
-            "rule": f"the KDE between the two fitted means falls below {VALLEY_RATIO:g}x the lower of its values "
-                    "at the means"}
 
 
 # ---- inference over windows (METHOD §13) ----------------------------------------------------------------------

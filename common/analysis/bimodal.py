@@ -9,14 +9,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.analysis.decoders import (
-    moved_summary,
-)
+from common.analysis.control import control_lines, controlled_shares, moved_and_active
+from common.analysis.decoders import initial_model, moved_summary
 from common.errors import UserError
 from common.models.joint import JointSAENFM
+from common.models.loading import StageInput
 from common.paper import value as paper_value
 from common.plots import plot_box_by_group, plot_histograms, plot_scatter
 from common.stats import describe, pathway_shares, spearman, two_sample_tests
+from common.store.stage_files import read_firing_counts
 
 log = logging.getLogger("part17")
 
@@ -89,6 +90,25 @@ def analyse(norms: dict[str, np.ndarray], valid: np.ndarray, low: np.ndarray, ba
     }
 
 
+def untrained_control(source: StageInput, norms: dict[str, np.ndarray], valid: np.ndarray,
+                      seed: int) -> dict[str, Any]:
+    """``control.controlled_shares`` of the trained model's moved, active valid features against its initial model
+    (re-created from the run's seed), or the reason it cannot be built."""
+    initial = initial_model(source)
+    if initial is None:
+        return {"reason": "the joint model's initialization cannot be re-created (no seed or model record)"}
+    firing = read_firing_counts(source.folder)
+    initial_norms = pathway_norms(initial)
+    analysed = valid & moved_and_active(norms["decoder"] ** 2, initial_norms["decoder"] ** 2,
+                                        None if firing is None else firing[0].numpy())
+    if analysed.sum() < 2 * MIN_FEATURES_PER_GROUP:
+        return {"reason": f"only {int(analysed.sum())} moved, active features"}
+    controlled = controlled_shares({name: values[analysed] for name, values in norms.items()}, initial_norms, seed)
+    if firing is None:
+        controlled["trained_features"] += " (no firing counts in this directory: moved only)"
+    return controlled
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
@@ -136,7 +156,7 @@ def format_table(results: dict[str, Any]) -> str:
                  f"(delta BIC {fit['delta_bic']:.1f}, "
                  f"Ashman's D {fit['ashman_d']:.2f}); Sarle's BC {fit['sarle_bc']:.3f} (> 0.555 hints at bimodality)")
     lines.append(f"bimodal rule: {fit['rule']}")
-    return "\n".join(lines)
+    return "\n".join([*lines, "", *control_lines(results["controlled"])])
 
 
 def plot(results: dict[str, Any], plot_data: dict[str, Any], out: Path) -> None:

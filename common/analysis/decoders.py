@@ -9,14 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
 from common.config.fields import Config
 from common.errors import UserError
+from common.models.joint import JointSAENFM
 from common.models.loading import StageInput, load_sae
+from common.models.sae import TopKSAE
+from common.paths import portable
 from common.store.fingerprints import git_commit
 from common.store.reads import load_json
-from common.store.stage_files import RESULTS_FILE
+from common.store.stage_files import RESULTS_FILE, read_firing_counts
 
 INIT_BAND_SIGMAS = 4.0
 NEAR_INIT_TOLERANCE = 0.25
@@ -27,13 +31,17 @@ class LoadedDecoder:
     name: str
     W_dec: Tensor  # (F, d) fp32 on the CPU; row i is feature i's decoder vector (the paper's column i)
     source: dict[str, Any]
+    initial: Tensor | None = None  # (F, d): the decoder the stage started from, where it can be re-created
+    firing: Tensor | None = None  # (F,) int64: firing counts on held-out rows, where the stage wrote them
+    held_out_rows: int | None = None
 
 
-def source_record(source: StageInput) -> dict[str, Any]:
-    """Where a decoder came from; ``weights_sha256`` lets a later analysis find this one's results again."""
+def source_record(source: StageInput, base: str | Path | None = None) -> dict[str, Any]:
+    """Where a decoder came from (its path relative to the repository or to ``base``, the folder that holds the
+    analysis's output folder: never absolute); ``weights_sha256`` lets a later analysis find this one's results."""
     folder, config = source.folder, source.config
     return {
-        "path": str(folder.resolve()),
+        "path": portable(folder, base if base is not None else Path.cwd()),
         "stage": config["stage"],
         "weights_sha256": source.weights_sha256(),
         "model_id": config.get("model_id"),
@@ -44,10 +52,29 @@ def source_record(source: StageInput) -> dict[str, Any]:
     }
 
 
-def load_decoder(path: str | Path, flag: str, name: str) -> LoadedDecoder:
-    """The decoder of a stage-1 SAE or of a joint model's SAE part."""
+def load_decoder(path: str | Path, flag: str, name: str, base: str | Path | None = None) -> LoadedDecoder:
+    """The decoder of a stage-1 SAE or of a joint model's SAE part, with its initial decoder and its firing counts
+    where the directory allows (``base``: see ``source_record``)."""
     sae, _, source = load_sae(path, flag)
-    return LoadedDecoder(name, sae.W_dec.detach(), source_record(source))
+    initial = initial_model(source)
+    if initial is not None:
+        initial = (initial.sae if isinstance(initial, JointSAENFM) else initial).W_dec.detach().float()
+    firing = None if source.imported else read_firing_counts(source.folder)
+    counts, rows = firing if firing is not None else (None, None)
+    return LoadedDecoder(name, sae.W_dec.detach(), source_record(source, base), initial, counts, rows)
+
+
+def initial_model(source: StageInput) -> nn.Module | None:
+    """The model a trained stage started from, re-created as its runner made it: the run's seed, then the model
+    built from its recorded shape (every parameter drawn in the same order; ``TrainedStage.run``). None for an
+    imported SAE or a directory that records no seed. The global generator is left as it was."""
+    seed, record = source.config.get("config", {}).get("seed"), source.config.get("model")
+    if source.imported is not None or seed is None or record is None:
+        return None
+    cls = {"TopKSAE": TopKSAE, "JointSAENFM": JointSAENFM}[record["class"]]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return cls.from_shape(cls.shape_from_record(record))
 
 
 def initial_norm_band(d_model: int, num_features: int, sigmas: float = INIT_BAND_SIGMAS,
@@ -97,8 +124,22 @@ def moved_summary(squared_norms: np.ndarray, band: dict[str, Any]) -> dict[str, 
             "near_init_count": near, "near_init_fraction": near / n if n else None}
 
 
+def run_folder(cfg: Config) -> Path:
+    """The folder that holds the analysis's output folder (a reproduce.py run folder): what its results' paths are
+    relative to where they lie outside the repository."""
+    return Path(cfg.output_dir).resolve().parent
+
+
 def run_record(cfg: Config, analysis: str) -> dict[str, Any]:
-    return {"analysis": analysis, "config": dataclasses.asdict(cfg), "git_commit": git_commit()}
+    """The analysis, its settings (every input and output path made ``portable``) and the commit."""
+    config = dataclasses.asdict(cfg)
+    for f in dataclasses.fields(cfg):
+        value = config[f.name]
+        if (f.metadata.get("input") or f.metadata.get("output")) and value:
+            config[f.name] = ([portable(v, run_folder(cfg)) for v in value] if isinstance(value, list)
+                              else portable(value, run_folder(cfg)))
+    return {"analysis": analysis, "config": config, "git_commit": git_commit(),
+            "paths": "relative to the repository where inside it, else to the folder holding the output folder"}
 
 
 def read_results(folder: str | Path, flag: str, analysis: str) -> dict[str, Any]:

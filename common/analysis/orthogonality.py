@@ -15,6 +15,7 @@ from common.analysis.decoders import (
     moved_summary,
 )
 from common.analysis.geometry import VARIANCE_TARGET, gram_offdiag_stats, pca_exact, pca_original, squared_norms
+from common.analysis.modes import verdict
 from common.config.stages import OrthoConfig
 from common.paper import BANNERS
 from common.plots import plot_binned_histograms, plot_cumulative_variance, plot_histogram_panels
@@ -50,7 +51,8 @@ def analyse(decoder: LoadedDecoder, cfg: OrthoConfig) -> dict[str, Any]:
     W_dec = decoder.W_dec
     on_device = W_dec.to(resolve_device(cfg.device))
     norms = squared_norms(W_dec).numpy()
-    kept = norms[norms > cfg.threshold]
+    kept_mask = norms > cfg.threshold
+    kept = norms[kept_mask]
     band = initial_norm_band(decoder.source["d_model"], decoder.source["features"])
     gram = gram_offdiag_stats(on_device, threshold=cfg.threshold)
     standard = pca_exact(on_device, cfg.threshold)
@@ -61,6 +63,7 @@ def analyse(decoder: LoadedDecoder, cfg: OrthoConfig) -> dict[str, Any]:
         "n_dropped": gram["n_dropped"],
         "squared_norms": gram["diagonal"],
         "bimodality": bimodality(kept, cfg.seed),
+        "verdict": decoder_verdict(decoder, kept_mask),
         "moved_from_init": {"band": band, **moved_summary(kept, band)},
         "gram_offdiag": gram["raw"],
         "cosine_offdiag": {**gram["cosine"],
@@ -71,6 +74,28 @@ def analyse(decoder: LoadedDecoder, cfg: OrthoConfig) -> dict[str, Any]:
     }
     result["_plot"] = {"squared_norms": kept, "cosine_histogram": gram["cosine_histogram"]}
     return result
+
+
+def decoder_verdict(decoder: LoadedDecoder, kept: np.ndarray) -> dict[str, Any]:
+    """The one bimodality verdict (``common.analysis.modes``) on the kept features, with their initial squared norms
+    and firing counts where the directory gives them."""
+    initial = None if decoder.initial is None else squared_norms(decoder.initial).numpy()[kept]
+    firing = None if decoder.firing is None else decoder.firing.numpy()[kept]
+    return verdict(squared_norms(decoder.W_dec).numpy()[kept], initial, firing, decoder.held_out_rows)
+
+
+def _verdict_cell(entry: dict[str, Any]) -> str:
+    moved = entry["moved"]
+    if "dip" not in moved:
+        return "no (too few moved)"
+    ratio = moved["kde"]["ratio"]
+    return (f"{'yes' if entry['bimodal'] else 'no'}; p {moved['dip']['p']:.3g}; "
+            f"valley {'—' if ratio is None else f'{ratio:.2f}'}")
+
+
+def _never_moved_cell(entry: dict[str, Any]) -> str:
+    never = entry["never_moved"]
+    return "unknown" if not never["known"] else f"{never['count']:,} ({100 * never['fraction']:.1f}%)"
 
 
 def format_table(results: dict[str, Any], threshold: float) -> str:
@@ -87,9 +112,11 @@ def format_table(results: dict[str, Any], threshold: float) -> str:
          [" / ".join(f"{m:.3f}" for m in r["bimodality"]["two_component"]["means"]) for r in per]),
         ("                       weights",
          [" / ".join(f"{w:.2f}" for w in r["bimodality"]["two_component"]["weights"]) for r in per]),
-        ("bimodal (rule below); Ashman's D; Sarle's BC",
+        ("mixture rule (description); Ashman's D; Sarle's BC",
          [f"{'yes' if r['bimodality']['bimodal'] else 'no'}; {r['bimodality']['ashman_d']:.2f}; "
           f"{r['bimodality']['sarle_bc']:.3f}" for r in per]),
+        ("never moved (no firing, within 25% of init)", [_never_moved_cell(r["verdict"]) for r in per]),
+        ("BIMODAL (verdict below); dip p; KDE valley ratio", [_verdict_cell(r["verdict"]) for r in per]),
         ("barely moved from init / near init (rule below)",
          [f"{100 * r['moved_from_init']['fraction']:.1f}% / {100 * r['moved_from_init']['near_init_fraction']:.1f}%"
           for r in per]),
@@ -110,7 +137,8 @@ def format_table(results: dict[str, Any], threshold: float) -> str:
     width = max(len(label) for label, _ in rows) + 2
     lines = ["Orthogonality of the decoders (METHOD §6)"]
     lines += [label.ljust(width) + "".join(f"{value:>30}" for value in values) for label, values in rows]
-    lines.append(f"bimodal rule: {per[0]['bimodality']['rule']}")
+    lines.append(f"verdict: {per[0]['verdict']['never_moved']['rule']}; bimodal {per[0]['verdict']['rule']}")
+    lines.append(f"mixture rule (a description, not the verdict): {per[0]['bimodality']['rule']}")
     lines.append(per[0]["moved_from_init"]["band"]["rule"])
     lines.append(PAPER)
     return "\n".join(lines)
@@ -123,7 +151,10 @@ def plot(results: dict[str, Any], plot_data: dict[str, dict], out: Path) -> None
         "Squared decoder norms (dashed: two-component mixture means; init: d/(3F))", "squared norm",
         vlines={name: {**{f"mixture mean {i + 1}": m
                           for i, m in enumerate(entry["bimodality"]["two_component"]["means"])},
-                       "init": entry["moved_from_init"]["band"]["mean"]} for name, entry in saes.items()},
+                       "init": entry["moved_from_init"]["band"]["mean"],
+                       **({} if entry["verdict"]["moved"].get("low_mode_below") is None else
+                          {"KDE valley (moved)": entry["verdict"]["moved"]["low_mode_below"]})}
+                for name, entry in saes.items()},
     )
     plot_cumulative_variance(
         {f"{name}, {kind}": np.asarray(entry["pca"][kind]["cumulative"])

@@ -51,6 +51,10 @@ class TrainConfig:
     adam_beta1: float = opt(0.9, "Adam beta1")
     adam_beta2: float = opt(0.999, "Adam beta2")
     adam_eps: float = opt(1e-5, "Adam epsilon (the original's 1e-5)")
+    adam_flush_fp16_underflow: bool = opt(False, "set Adam's second-moment entries below fp16's smallest subnormal "
+                                                 "(2^-24) to zero at every step, as the original's fp16 Adam stored "
+                                                 "them, in fp32 arithmetic otherwise (off by default; the study's "
+                                                 "regime question)")
     grad_clip: float = opt(1.0, "clip the gradient norm to this")
     train_steps: int | None = opt(500_000, "planned steps (the schedule decays over 80%% of them)")
     stop_at_step: int | None = opt(None, "stop here, before the planned steps end")

@@ -10,6 +10,7 @@ import torch
 
 from common.errors import UserError
 from common.paper import text as paper_text
+from common.paths import portable
 from common.registry import stage_of
 from common.reporting.rows import ROWS, Row
 from common.reporting.rows_behavior import BEHAVIOR_ROWS
@@ -24,6 +25,8 @@ MAIN_JOB = tuple(run.name for run in PIPELINE)
 
 
 def format_value(value: Any, kind: str) -> str:
+    if value is None:  # a figure the stage could not compute (e.g. never-moved features without firing counts)
+        return "—"
     if isinstance(value, bool) or kind == "bool":
         return "yes" if value else "no"
     if kind == "pct":
@@ -102,15 +105,16 @@ def _hardware() -> str:
             f"torch {torch.__version__}")
 
 
-def study_findings(study_file: Path | None, preset: str | None) -> dict[str, Any] | None:
-    """The findings of the study of this preset (study.py's study.json), or None where there is none."""
+def study_findings(study_file: Path | None, preset: str | None, base: Path | None = None) -> dict[str, Any] | None:
+    """The findings of the study of this preset (study.py's study.json), or None where there is none; the file's
+    path relative to the repository, or else to ``base`` (the run folder)."""
     if study_file is None or not Path(study_file).is_file():
         return None
     study = load_json(Path(study_file))
     if study.get("preset") != preset:
         return None
-    return {"file": str(study_file), "date": study.get("date"), "git_commit": study.get("git_commit"),
-            "command": study.get("command"),
+    return {"file": portable(study_file, base or Path.cwd()), "date": study.get("date"),
+            "git_commit": study.get("git_commit"), "command": study.get("command"),
             "findings": {name: {"title": question["title"], "finding": question["finding"]}
                          for name, question in study["questions"].items()}}
 
@@ -135,7 +139,7 @@ def write_report(out_dir: Path, args: dict[str, Any], timings: dict[str, dict], 
         "stage_seconds": {name: round(t["seconds"], 1) for name, t in timings.items()},
         "stage_peak_memory_bytes": {name: _peak_memory(output) for name, output in outputs.items()},
         "missing_stages": missing,
-        "study": study_findings(study_file, args.get("preset")),
+        "study": study_findings(study_file, args.get("preset"), out_dir),
     }
     atomic_save_json({"header": header, "rows": table}, out_dir / "report.json")
     path = out_dir / "REPORT.md"

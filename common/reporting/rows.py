@@ -11,12 +11,12 @@ from common.reporting.rules import (
     above_source,
     below,
     below_source,
+    ci_excludes,
     interval_above,
     is_false,
     is_true,
     paired_above,
     ratio_within,
-    sign_with_p,
     within,
     within_fraction_of,
 )
@@ -33,6 +33,8 @@ class Row:
     section: str | None = None  # default: the stage's section in common.registry
     ci: str | None = None  # "stage:key.path" of the value's confidence interval {"low", "high", "level"}
     if_fails: str = ""  # a control's row: what a failing result would mean (METHOD §14)
+    fixed: bool = False  # the architecture fixes the value (a parameter share): no claim a seed could change
+    complement_of: str | None = None  # the source of the row whose claim this one repeats (a share and 1 - it)
 
     @property
     def stage(self) -> str:
@@ -81,35 +83,42 @@ ABOVE_EPS_RANDOM = "> 1: its 99% CI over windows excludes 1 (older runs: paired 
 SQUARED_NORMS = "Squared norms (part16)"
 ORTHO = "ortho:saes.{}"
 SHARE_PAPER = (("interaction", "low"), ("linear", "low"), ("nonlinear", "low"), ("residual", "high"))
+CONTROLLED = "bimodal:controlled"
+VERDICT = "bimodal by the verdict of METHOD §13.3 (dip test and KDE valley, never-moved features set apart)"
+VERDICT_NOT = "not " + VERDICT
 
 ROWS: list[Row] = [
-    Row("sae1:variance_explained", "variance explained", "sae1.variance_explained", rule=above(0.80, "> 0.80")),
-    Row("sae1:mse", "reconstruction MSE (normalized)", "sae1.mse", "num"),
+    Row("sae1:variance_explained", "variance explained", "sae1.variance_explained", rule=above(0.80, "> 0.80"),
+        ci="sae1:ci.variance_explained"),
+    Row("sae1:mse", "reconstruction MSE (normalized)", "sae1.mse", "num", ci="sae1:ci.mse"),
     Row("sae1:l0_fraction", "active features (L0 / F)", "sae1.l0_fraction"),
     Row("sae1:dead_fraction", "dead features", "sae1.dead_fraction", rule=below(0.01, "< 1%")),
     Row("nfm:error_reduction_train", "residual error reduction, train", "nfm.error_reduction_train",
         rule=above(0, "> 0")),
     Row("nfm:error_reduction_val", "residual error reduction, validation", "nfm.error_reduction_val",
-        rule=above(0, "> 0")),
+        rule=above(0, "> 0"), ci="nfm:ci.error_reduction_val"),
     Row("nfm:residual_mse_before_val", "residual MSE before → after, validation (before)",
-        "nfm.residual_mse_before_val", "num"),
+        "nfm.residual_mse_before_val", "num", ci="nfm:ci.residual_mse_before_val"),
     Row("nfm:residual_mse_after_val", "residual MSE before → after, validation (after)", "nfm.residual_mse_after_val",
-        "num"),
+        "num", ci="nfm:ci.residual_mse_after_val"),
     Row("nfm:linear_share", "linear share of mean |output|", "nfm.linear_share",
         rule=above_source("nfm:interaction_share", "linear > interaction")),
-    Row("sae2:variance_explained", "variance explained of the interaction vectors"),
-    Row("joint:joint_mse", "joint reconstruction MSE (held out)", "joint.joint_mse", "num"),
-    Row("joint:sae_part_mse", "its own SAE path alone, MSE", "joint.sae_part_mse", "num"),
+    Row("sae2:variance_explained", "variance explained of the interaction vectors", ci="sae2:ci.variance_explained"),
+    Row("sae2:dead_fraction", "dead features of the secondary SAE", rule=below(0.01, "< 1% (as stage 1)")),
+    Row("joint:joint_mse", "joint reconstruction MSE (held out)", "joint.joint_mse", "num", ci="joint:ci.joint_mse"),
+    Row("joint:sae_part_mse", "its own SAE path alone, MSE", "joint.sae_part_mse", "num", ci="joint:ci.sae_part_mse"),
     Row("joint:improvement", "improvement over its own SAE path", "joint.improvement",
         rule=above_source("nfm:error_reduction_val",
-                          "joint improvement > sequential improvement (stage 2, validation)")),
-    Row("joint:improvement_vs_standalone", "improvement over the standalone stage-1 SAE", rule=above(0, "> 0")),
+                          "joint improvement > sequential improvement (stage 2, validation)"),
+        ci="joint:ci.improvement"),
+    Row("joint:improvement_vs_standalone", "improvement over the standalone stage-1 SAE", rule=above(0, "> 0"),
+        ci="joint:ci.improvement_vs_standalone"),
     Row("joint:linear_share", "linear share of mean |output|", "joint.linear_share",
         rule=above_source("joint:interaction_share", "linear > interaction")),
     Row("joint:parameters.paper_style.shares.nfm_linear", "NFM linear share of parameters (paper's count)",
-        "joint.nfm_linear_share", rule=within(0.323, 0.01, "within 1 point of 32.3%")),
+        "joint.nfm_linear_share", rule=within(0.323, 0.01, "within 1 point of 32.3%"), fixed=True),
     Row("joint:parameters.paper_style.shares.nfm_embeddings", "embeddings share of parameters (paper's count)",
-        "joint.nfm_embeddings_share"),
+        "joint.nfm_embeddings_share", fixed=True),
     _above_eps_random("kl14", "sae", "SAE KL / ε-random KL", "kl14.sae_ratio"),
     Row(_kl("kl14", "sae_nfm", "kl_ratio_eps_random"), "SAE + NFM KL / ε-random KL", "kl14.sae_nfm_ratio", "num",
         below_source(_kl("kl14", "sae", "kl_ratio_eps_random"), "below the SAE's ratio"), original=True,
@@ -149,24 +158,35 @@ ROWS: list[Row] = [
         "num", ratio_within(ORTHO.format("joint.cosine_offdiag.mean_abs"),
                             ORTHO.format("joint.cosine_offdiag.random_directions_mean_abs"), 0.25,
                             "within 25% of random directions' mean |cosine|")),
-    Row(ORTHO.format("standalone.bimodality.bimodal"), "standalone SAE bimodal", "ortho.standalone_bimodal", "bool",
-        is_false("not bimodal by the mixture rule"), section=SQUARED_NORMS),
-    Row(ORTHO.format("joint.bimodality.bimodal"), "joint SAE bimodal", "ortho.joint_bimodal", "bool",
-        is_true("bimodal by the mixture rule"), section=SQUARED_NORMS),
-    Row(ORTHO.format("joint.bimodality.two_component.means.0"), "joint mixture: low mode mean", "ortho.joint_low_mode",
-        "num", section=SQUARED_NORMS),
-    Row(ORTHO.format("joint.bimodality.two_component.means.1"), "joint mixture: high mode mean",
+    Row(ORTHO.format("standalone.verdict.bimodal"), "standalone SAE bimodal", "ortho.standalone_bimodal", "bool",
+        is_false(VERDICT_NOT), section=SQUARED_NORMS),
+    Row(ORTHO.format("joint.verdict.bimodal"), "joint SAE bimodal", "ortho.joint_bimodal", "bool",
+        is_true(VERDICT), section=SQUARED_NORMS),
+    *[Row(ORTHO.format(f"{sae}.verdict.never_moved.fraction"), f"{sae} features that never moved (set apart)",
+          section=SQUARED_NORMS) for sae in ("standalone", "joint")],
+    Row(ORTHO.format("joint.bimodality.two_component.means.0"), "joint mixture: low mode mean (a description)",
+        "ortho.joint_low_mode", "num", section=SQUARED_NORMS),
+    Row(ORTHO.format("joint.bimodality.two_component.means.1"), "joint mixture: high mode mean (a description)",
         "ortho.joint_high_mode", "num", section=SQUARED_NORMS),
-    *[Row(f"bimodal:shares.{share}.mean_{side}",
-          f"{share} share, squared norm {'< split' if side == 'low' else '≥ split'}",
-          f"bimodal.{share}_{side}",
-          rule=None if side == "low" else sign_with_p(f"bimodal:shares.{share}.student", share != "residual",
-                                                      f"low {'>' if share != 'residual' else '<'} high with Student "
-                                                      "p < 0.01"))
-      for share, _ in SHARE_PAPER for side in ("low", "high")],
-    *[Row(f"bimodal:spearman_vs_squared_norm.{share}.r", f"Spearman r, squared norm vs {share} share",
-          f"bimodal.{share}_r", "num",
-          sign_with_p(f"bimodal:spearman_vs_squared_norm.{share}", share == "residual",
-                      f"{'positive' if share == 'residual' else 'negative'} with p < 0.01", statistic="r"))
+    *[Row(f"{CONTROLLED}.trained.shares.{share}.mean_{side}",
+          f"{share} share, squared norm {'< median' if side == 'low' else '≥ median'} (moved, active)",
+          f"bimodal.{share}_{side}") for share, _ in SHARE_PAPER for side in ("low", "high")],
+    *[Row(f"{CONTROLLED}.difference_of_differences.{share}.estimate",
+          f"{share} share, low − high: trained minus untrained control", kind="pct",
+          rule=ci_excludes(f"{CONTROLLED}.difference_of_differences.{share}", share != "residual",
+                           f"99% CI {'above' if share != 'residual' else 'below'} 0"),
+          ci=f"{CONTROLLED}.difference_of_differences.{share}",
+          complement_of=None if share != "residual" else f"{CONTROLLED}.difference_of_differences.interaction.estimate")
       for share, _ in SHARE_PAPER],
+    *[Row(f"{CONTROLLED}.trained.spearman.{share}.r", f"Spearman r, squared norm vs {share} share (moved, active)",
+          f"bimodal.{share}_r", "num",
+          ci_excludes(f"{CONTROLLED}.spearman_difference.{share}", share == "residual",
+                      f"{'above' if share == 'residual' else 'below'} the untrained control's r "
+                      "(99% CI of the difference)"),
+          ci=f"{CONTROLLED}.trained.spearman.{share}.ci",
+          complement_of=None if share != "residual" else f"{CONTROLLED}.trained.spearman.interaction.r")
+      for share, _ in SHARE_PAPER],
+    *[Row(f"{CONTROLLED}.untrained.spearman.{share}.r",
+          f"Spearman r, squared norm vs {share} share (untrained control)", kind="num",
+          ci=f"{CONTROLLED}.untrained.spearman.{share}.ci") for share, _ in SHARE_PAPER],
 ]

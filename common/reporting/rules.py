@@ -107,3 +107,8 @@ def ci_not_above_zero(ci: str, text: str) -> Rule:
 
 def ci_contains_zero(ci: str, text: str) -> Rule:
     return Rule(text, lambda v, read: read(ci)["low"] <= 0 <= read(ci)["high"])
+
+
+def ci_excludes(ci: str, positive: bool, text: str) -> Rule:
+    """The interval at ``ci`` ({"low", "high", "level"}) lies wholly above 0 (``positive``) or wholly below it."""
+    return Rule(text, lambda v, read: read(ci)["low"] > 0 if positive else read(ci)["high"] < 0)

@@ -1,92 +1,78 @@
-"""The study's bimodality question (METHOD §11): every decoder's squared norms under each test, beside its initial
-decoder and its moved features."""
+"""The study's bimodality question (METHOD §11, §13.3): the one verdict, as part16 wrote it into each variant's
+``ortho/results.json`` (so STUDY.md and REPORT.md read the same value), for every decoder the study trained, with the
+never-moved features set apart and the mixture fit as a description."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
-from common.analysis.decoders import NEAR_INIT_TOLERANCE, load_decoder
-from common.analysis.geometry import squared_norms
-from common.config.stages import OrthoConfig
 from common.reporting.report import STAGE_FILES
-from common.reporting.study_plan import seed_variants
-from common.reporting.study_tables import Runs, pct
-from common.stats import bimodality, dip_test, valley
-from common.store.reads import load_json
-from common.store.stage_files import CONFIG_FILE
+from common.reporting.study_tables import Figure, Runs, render
 
-REPORT_VERDICT = "the mixture rule (REPORT.md's 'Squared norms (part16)' rows)"
-
-
-
-
-def initial_decoder(folder: Path) -> torch.Tensor:
-    """The decoder the stage started from, re-created as its runner made it: the run's seed, then the model built
-    from its recorded shape (every parameter drawn in the same order)."""
-    from common.models.joint import JointSAENFM
-    from common.models.sae import TopKSAE
-
-    config = load_json(folder / CONFIG_FILE)
-    classes = {cls.__name__: cls for cls in (TopKSAE, JointSAENFM)}
-    record = config["model"]
-    cls = classes[record["class"]]
-    torch.manual_seed(config["config"]["seed"])
-    model = cls.from_shape(cls.shape_from_record(record))
-    return (model.sae if isinstance(model, JointSAENFM) else model).W_dec.detach().float()
+JOINT_VERDICT = "joint SAE bimodal (verdict)"
+MOVED = "ortho:saes.joint.verdict.moved"
+VERDICTS = [Figure("standalone SAE bimodal (verdict)", "ortho.standalone_bimodal",
+                   "ortho:saes.standalone.verdict.bimodal", "bool"),
+            Figure(JOINT_VERDICT, "ortho.joint_bimodal", "ortho:saes.joint.verdict.bimodal", "bool")]
+VERDICT = ("the one verdict of METHOD §13.3, as REPORT.md's 'Squared norms (part16)' rows: never-moved features set "
+           "apart, then the dip test (p < 0.05) and a KDE valley between the two highest modes on the moved ones")
+COLUMNS = ("decoder", "features", "never moved", "moved", "dip p (moved)", "KDE valley ratio", "verdict",
+           "mixture rule on all features (description)", "low mode: rare / other firing")
 
 
-def norm_statistics(norms: np.ndarray, seed: int) -> dict[str, Any]:
-    mixture = bimodality(norms, seed)
-    return {"n": int(norms.size), "mixture": {key: mixture[key] for key in ("bimodal", "delta_bic", "ashman_d",
-                                                                              "two_component")},
-            "dip": dip_test(norms), "valley": valley(norms, mixture["two_component"]["means"])}
+def _variants(runs: Runs) -> list[str]:
+    """The main run, then every study folder that holds a part16 result, in name order."""
+    found = sorted(p.name for p in runs.study_dir.iterdir() if (p / STAGE_FILES["ortho"]).is_file()
+                   and not p.is_symlink()) if runs.study_dir.is_dir() else []
+    return ["main", *[name for name in found if name != "main"]]
 
 
-def decoder_bimodality(folder: Path, seed: int) -> dict[str, Any]:
-    """The squared decoder norms by the mixture rule, the dip test and the valley check; the same for the initial
-    decoder, and for the features whose squared norm moved more than the near-init tolerance from their own start."""
-    threshold = OrthoConfig().threshold
-    trained = squared_norms(load_decoder(folder, "--sae1_model_path", folder.name).W_dec).numpy()
-    initial = squared_norms(initial_decoder(folder)).numpy()
-    kept = trained > threshold
-    moved = kept & (np.abs(trained - initial) > NEAR_INIT_TOLERANCE * initial)
-    kept_stats = norm_statistics(trained[kept], seed)
-    agree = (kept_stats["mixture"]["bimodal"] and kept_stats["dip"]["bimodal"]
-             and kept_stats["valley"]["valley"])
-    return {"trained": kept_stats, "initial": norm_statistics(initial, seed),
-            "moved": norm_statistics(trained[moved], seed) if moved.sum() > 3 else {"n": int(moved.sum())},
-            "moved_fraction": float(moved.sum() / kept.sum()),
-            "verdict": bool(agree)}
-
-
-def _verdicts(entry: dict[str, Any]) -> str:
-    trained, moved = entry["trained"], entry["moved"]
-    on_moved = "too few moved features" if "mixture" not in moved else (
-        f"{'bimodal' if moved['mixture']['bimodal'] else 'not bimodal'} by the mixture rule on its "
-        f"{pct(entry['moved_fraction'])} moved features (dip p = {moved['dip']['p']:.3g})")
-    return (f"is {'bimodal' if trained['mixture']['bimodal'] else 'not bimodal'} by the mixture rule, dip p = "
-            f"{trained['dip']['p']:.3g}, {'a' if trained['valley']['valley'] else 'no'} valley between the modes, "
-            f"{on_moved}")
+def _entry(variant: str, sae: str, analysed: dict[str, Any]) -> dict[str, Any]:
+    """One decoder's row from its part16 entry: the verdict, and the mixture rule as a description."""
+    verdict = analysed["verdict"]
+    moved, never = verdict["moved"], verdict["never_moved"]
+    firing = moved.get("by_firing", {})
+    return {"decoder": f"{variant}/{'sae1' if sae == 'standalone' else 'joint'}", "variant": variant, "sae": sae,
+            "source": f"{variant}/ortho:saes.{sae}.verdict", "n": verdict["n"], "never_moved": never["count"],
+            "moved": moved["n"], "dip_p": moved.get("dip", {}).get("p"),
+            "valley_ratio": moved.get("kde", {}).get("ratio"),
+            "bimodal": verdict["bimodal"], "mixture": analysed["bimodality"]["bimodal"],
+            "low_share_rare": firing.get("low_share_rare"), "low_share_rest": firing.get("low_share_rest"),
+            "reason": verdict.get("reason")}
 
 
 def bimodality_section(runs: Runs) -> dict[str, Any]:
     entries = []
-    for variant in ("main", "fp16", "long", *seed_variants(runs.study_dir)):
-        for stage, name in (("sae1", "standalone"), ("joint", "joint")):
-            if not (runs.folder(variant) / STAGE_FILES[stage]).is_file():
-                continue
-            result = decoder_bimodality(runs.folder(variant) / stage, 0)
-            entries.append({"variant": variant, "sae": name, "folder": f"{variant}/{stage}", **result})
+    for variant in _variants(runs):
+        saes = runs.value(variant, "ortho:saes") or {}
+        entries += [_entry(variant, sae, saes[sae]) for sae in ("standalone", "joint")
+                    if "verdict" in saes.get(sae, {})]
     main = {e["sae"]: e for e in entries if e["variant"] == "main"}
-    finding = "not run" if len(main) < 2 else (
-        f"Main run: the standalone SAE {_verdicts(main['standalone'])}; the joint SAE {_verdicts(main['joint'])}. "
-        f"The report uses {REPORT_VERDICT}; the study calls a decoder bimodal only where the mixture rule, the dip "
-        "test and the valley agree.")
-    return {"entries": entries, "report_uses": REPORT_VERDICT,
-            "study_verdict": "bimodal where the mixture rule, the dip test (p < 0.05) and the valley check all agree",
-            "finding": finding}
+    section = {"columns": list(COLUMNS), "entries": entries, "verdict": VERDICT}
+    if len(main) < 2:
+        section["finding"] = "not run"
+        return section
+    bimodal = [e["decoder"] for e in entries if e["bimodal"]]
+    mixture_only = [e["decoder"] for e in entries if e["mixture"] and not e["bimodal"]]
+    section["finding"] = (
+        f"By the one verdict (REPORT.md's), {len(bimodal)} of {len(entries)} decoders are bimodal"
+        + (f" ({', '.join(bimodal)})" if bimodal else "")
+        + f"; the mixture rule alone would also call {len(mixture_only)} more bimodal. In the main run the standalone "
+        f"SAE is {'bimodal' if main['standalone']['bimodal'] else 'not bimodal'} and the joint SAE "
+        f"{'bimodal' if main['joint']['bimodal'] else 'not bimodal'} (dip p {render(main['joint']['dip_p'], 'num')}, "
+        f"valley ratio {render(main['joint']['valley_ratio'], 'num')} on its {main['joint']['moved']:,} moved "
+        "features).")
+    return section
 
 
+def bimodality_lines(section: dict[str, Any]) -> list[str]:
+    lines = ["| " + " | ".join(section["columns"]) + " |", "|" + "---|" * len(section["columns"])]
+    for e in section["entries"]:
+        never = "unknown" if e["never_moved"] is None else f"{e['never_moved']:,}"
+        lines.append(f"| {e['decoder']} | {e['n']:,} | {never} | {e['moved']:,} | {render(e['dip_p'], 'num')} "
+                     f"| {render(e['valley_ratio'], 'num')} | {'bimodal' if e['bimodal'] else 'not bimodal'} "
+                     f"| {render(e['mixture'], 'bool')} | {render(e['low_share_rare'], 'pct')} / "
+                     f"{render(e['low_share_rest'], 'pct')} |")
+    bimodal = sum(e["bimodal"] for e in section["entries"])
+    mixture_only = sum(bool(e["mixture"]) and not e["bimodal"] for e in section["entries"])
+    return [*lines, "", f"Bimodal by the verdict: {bimodal} of {len(section['entries'])} decoders; by the mixture rule "
+            f"but not the verdict: {mixture_only}.", "", f"Verdict: {section['verdict']}."]

@@ -17,11 +17,15 @@ from common.config.presets import build_config
 from common.errors import UserError
 from common.stages.pipeline import BY_NAME
 
-# The chain of stage 1 → 2 → 5 → 14 → 16 → 17 → 18 that each seed runs; the main run is seed 0.
-SEED_STAGES = ("sae1", "nfm", "joint", "kl14", "ortho", "bimodal", "kl18")
+# The chain of stage 1 → 2 → 5 → 14 → 16 → 17 → 18 that each seed runs, both KL stages under both evaluations; the
+# main run is seed 0.
+SEED_STAGES = ("sae1", "nfm", "joint", "kl14", "kl14_original", "ortho", "bimodal", "kl18", "kl18_original")
+REGIME_STAGES = ("sae1", "nfm", "joint", "ortho")  # what a training regime changes, and the decoders' verdicts
 SEEDS = (1, 2)  # beside the main run's seed 0: three seeds
 LENGTH_FACTOR = 3
 FP16 = "faithful-fp16"
+FLUSH_FLAG = "--adam_flush_fp16_underflow"
+MAIN = "main"
 
 
 @dataclass(frozen=True)
@@ -39,15 +43,18 @@ def _preset_value(stage: str, name: str, preset: str) -> int:
     return getattr(build_config(stage, {"preset": preset}), name)
 
 
+def _longer(stage: str, preset: str) -> tuple[str, ...]:
+    """3x the preset's steps. The planned steps scale too, so the learning rate at the last step is the same
+    fraction of its schedule as in the main run: only the length changes."""
+    planned, stop = _preset_value(stage, "train_steps", preset), _preset_value(stage, "stop_at_step", preset)
+    flags = ("--train_steps", str(LENGTH_FACTOR * planned))
+    return flags if stop is None else (*flags, "--stop_at_step", str(LENGTH_FACTOR * stop))
+
+
 def longer_training_flags(preset: str) -> dict[str, tuple[str, ...]]:
-    """Stage 1 and stage 5 at 3x the preset's steps. Stage 1's planned steps scale too, so the learning rate at the
-    last step is the same fraction of its schedule as in the main run: only the length changes."""
-    planned, stop = _preset_value("sae1", "train_steps", preset), _preset_value("sae1", "stop_at_step", preset)
-    sae1 = ("--train_steps", str(LENGTH_FACTOR * planned))
-    if stop is not None:
-        sae1 += ("--stop_at_step", str(LENGTH_FACTOR * stop))
+    """Stage 1 and stage 5 at 3x the preset's steps (stage 5 by its epochs per chunk)."""
     epochs = _preset_value("joint", "epochs_per_chunk", preset)
-    return {"sae1": sae1, "joint": ("--epochs_per_chunk", str(LENGTH_FACTOR * epochs))}
+    return {"sae1": _longer("sae1", preset), "joint": ("--epochs_per_chunk", str(LENGTH_FACTOR * epochs))}
 
 
 def trained_k_flags(preset: str) -> dict[str, tuple[str, ...]]:
@@ -56,33 +63,80 @@ def trained_k_flags(preset: str) -> dict[str, tuple[str, ...]]:
     return {"nfm": ("--sae_k", k, "--top_n_features", k)}
 
 
+def regime_variant(regime: str, seed: int) -> str:
+    """The variant folder of a regime at a seed: fp32 is the main run and the seeds question's ``seedN``."""
+    prefix = {"fp32": "", "fp16": "fp16", "flush": "flush"}[regime]
+    if seed == 0:
+        return prefix or MAIN
+    return f"{prefix}_seed{seed}" if prefix else f"seed{seed}"
+
+
 def regime_runs(preset: str, seeds: tuple[int, ...]) -> list[Run]:
-    return [Run("fp16", ("sae1", "nfm", "joint", "ortho"), precision=FP16)]
+    """Stages 1, 2, 5 and 6 in fp32 (the main run and ``seedN``), in the original's fp16, and in fp32 with Adam's
+    second moment flushed where fp16 would underflow it, each at seed 0 and the study's seeds."""
+    flush = {stage: (FLUSH_FLAG,) for stage in ("sae1", "nfm", "joint")}
+    runs = [Run(MAIN, REGIME_STAGES)]
+    for seed in (0, *seeds):
+        given = None if seed == 0 else seed
+        if seed:
+            runs.append(Run(regime_variant("fp32", seed), REGIME_STAGES, seed=given))
+        runs += [Run(regime_variant("fp16", seed), REGIME_STAGES, seed=given, precision=FP16),
+                 Run(regime_variant("flush", seed), REGIME_STAGES, seed=given, flags=flush)]
+    return runs
 
 
 def trained_k_runs(preset: str, seeds: tuple[int, ...]) -> list[Run]:
-    return [Run("trained_k", ("nfm",), flags=trained_k_flags(preset))]
+    return [Run(MAIN, ("sae1", "nfm")), Run("trained_k", ("nfm",), flags=trained_k_flags(preset))]
 
 
 def pathology_runs(preset: str, seeds: tuple[int, ...]) -> list[Run]:
-    """part14 on the trained-K NFM: the SAE condition runs at the K the SAE trained with."""
-    return [Run("trained_k", ("nfm", "kl14"), flags=trained_k_flags(preset))]
+    """part14 on the trained-K NFM: the SAE condition runs at the K the SAE trained with, beside the main run's
+    part14 under both evaluations (its part18, the joint model's SAE part, is read where the main run has it)."""
+    return [Run(MAIN, ("sae1", "nfm", "kl14", "kl14_original")),
+            Run("trained_k", ("nfm", "kl14"), flags=trained_k_flags(preset))]
 
 
 def length_runs(preset: str, seeds: tuple[int, ...]) -> list[Run]:
-    return [Run("long", ("sae1", "joint", "ortho"), flags=longer_training_flags(preset))]
+    """Stages 1 and 5 at 3x (with the decoders' verdicts), and stage 3 at 3x on the main run's stages 1 and 2."""
+    return [Run(MAIN, ("sae1", "nfm", "sae2", "joint", "ortho")),
+            Run("long", ("sae1", "joint", "ortho"), flags=longer_training_flags(preset)),
+            Run("long_sae2", ("sae2",), flags={"sae2": _longer("sae2", preset)})]
 
 
 def seed_runs(preset: str, seeds: tuple[int, ...]) -> list[Run]:
-    return [Run(f"seed{seed}", SEED_STAGES, seed=seed) for seed in seeds]
+    return [Run(MAIN, SEED_STAGES), *(Run(f"seed{seed}", SEED_STAGES, seed=seed) for seed in seeds)]
 
 
-def no_runs(preset: str, seeds: tuple[int, ...]) -> list[Run]:
-    """A question that reads the other questions' runs and runs nothing of its own."""
-    return []
+def bimodality_runs(preset: str, seeds: tuple[int, ...]) -> list[Run]:
+    """The main run's decoders; the question also reads every other question's."""
+    return [Run(MAIN, ("sae1", "nfm", "joint", "ortho"))]
 
 
-def parse_seeds(text: str) -> tuple[int, ...]:
+def main_stages(runs: list[Run]) -> tuple[str, ...]:
+    """The stages the questions read from the main run, in pipeline order."""
+    wanted = {stage for run in runs if run.variant == MAIN for stage in run.stages}
+    return tuple(name for name in BY_NAME if name in wanted)
+
+
+def merge_runs(runs: list[Run]) -> list[Run]:
+    """One run per variant (the union of its stages in pipeline order), the main run first: two questions that
+    share a variant (the seeds and the regime) run its stages once."""
+    merged: dict[str, Run] = {}
+    for run in runs:
+        if run.variant in merged:
+            earlier = merged[run.variant]
+            if (earlier.seed, earlier.precision, earlier.flags) != (run.seed, run.precision, run.flags):
+                raise ValueError(f"two questions define variant {run.variant} differently")
+            stages = set(earlier.stages) | set(run.stages)
+            run = Run(run.variant, tuple(n for n in BY_NAME if n in stages), run.seed, run.precision, run.flags)
+        merged[run.variant] = run
+    return sorted(merged.values(), key=lambda run: run.variant != MAIN)
+
+
+def parse_seeds(text: str, allow_none: bool = False) -> tuple[int, ...]:
+    """Comma-separated distinct seeds other than 0 (the main run's); ``none`` for no other seed where allowed."""
+    if allow_none and text.strip() == "none":
+        return ()
     try:
         seeds = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
@@ -99,7 +153,7 @@ def seed_variants(study_dir: Path) -> list[str]:
 
 
 def variant_dir(study_dir: Path, main_dir: Path, variant: str) -> Path:
-    return main_dir if variant == "main" else study_dir / variant
+    return main_dir if variant == MAIN else study_dir / variant
 
 
 def borrowed(run: Run) -> list[str]:
@@ -109,9 +163,11 @@ def borrowed(run: Run) -> list[str]:
 
 
 def check_main_run(main_dir: Path, runs: list[Run]) -> None:
-    """Every stage the variants borrow is finished in the main run, before anything is written."""
+    """Every stage the variants borrow, and every stage the questions read from the main run, is finished there,
+    before anything is written."""
     for run in runs:
-        for name in borrowed(run):
+        needed = run.stages if run.variant == MAIN else borrowed(run)
+        for name in needed:
             if not (main_dir / name / BY_NAME[name].done_file).is_file():
                 raise UserError(f"--main_run {main_dir}: stage {name} is not finished there (the study's "
                                 f"'{run.variant}' runs read it); run reproduce.py for that folder first")

@@ -12,7 +12,9 @@ from common.data.activations import NormStats
 from common.data.batches import RowBatches
 from common.models.sae import TopKSAE
 from common.stages.trained import StageData, StageRun, TrainedStage
-from common.training.sae_objective import FINAL_KEYS, evaluate_sae
+from common.store.stage_files import write_firing_counts
+from common.training.sae_objective import FINAL_KEYS, evaluate_sae, sae_metrics
+from common.training.window_cis import rows_per_window, sae_cis
 
 
 class SAETrainingStage(TrainedStage):
@@ -40,11 +42,18 @@ class SAETrainingStage(TrainedStage):
         return StageData(batches, loss_fn, validate, norm, record, ranks=ranks)
 
     def evaluate(self, run: StageRun, data: StageData, best: TopKSAE) -> dict[str, Any]:
-        final = evaluate_sae(best, self.val_rows, self.norm, run.rt, self.cfg.batch_size, self.cfg.dead_threshold)
+        """The held-out figures with their CIs over windows (METHOD §13); each feature's firing count is written
+        beside them (``feature_firing.safetensors``)."""
+        metrics = sae_metrics(best, self.val_rows, self.norm, run.rt, self.cfg.batch_size, self.cfg.dead_threshold,
+                              rows_per_window=rows_per_window(self.cfg))
+        final, window = metrics.compute(), metrics.per_window()
+        write_firing_counts(run.out, metrics.firing, final["rows"])
         return {**{key: final[key] for key in FINAL_KEYS}, "l0_fraction": final["l0"] / best.num_features,
-                "evaluated_rows": final["rows"]}
+                "evaluated_rows": final["rows"], "ci": sae_cis(window, best.d_model), "per_window": window}
 
     def print_table(self, metrics: dict[str, Any], out: Path) -> None:
-        print(f"{self.stage_label} done: variance explained {metrics['variance_explained']:.4f}, "
+        ci = metrics["ci"]["variance_explained"]
+        interval = "" if ci is None else f" (95% CI {ci['low']:.4f}-{ci['high']:.4f} over windows)"
+        print(f"{self.stage_label} done: variance explained {metrics['variance_explained']:.4f}{interval}, "
               f"MSE {metrics['mse']:.4f}, L0 {metrics['l0']:.1f} ({100 * metrics['l0_fraction']:.2f}%), "
               f"dead {100 * metrics['dead_fraction']:.2f}% -> {out}")

@@ -15,14 +15,16 @@ import torch
 from common.errors import UserError
 from common.store.fingerprints import file_sha256
 from common.store.formats import upgrade_config
-from common.store.reads import load_json
-from common.store.savers import atomic_save_json, atomic_torch_save
+from common.store.reads import REWRITE_HINT, load_json, load_tensors_with_metadata
+from common.store.savers import atomic_save_json, atomic_save_safetensors, atomic_torch_save
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "best_model.safetensors"
 METRICS_FILE = "metrics.json"
 RESULTS_FILE = "results.json"
 RESUME_FILE = "resume.pt"
+# Each feature's firing count on the held-out rows at the stage's trained K (stages 1, 3 and 5; METHOD §13).
+FIRING_FILE = "feature_firing.safetensors"
 
 
 def write_config(folder: Path, config: dict[str, Any]) -> None:
@@ -43,6 +45,26 @@ def load_resume_state(folder: Path) -> dict | None:
     except Exception as err:  # zipfile, pickle and torch raise many types for a damaged file; all mean the same
         raise UserError(f"{path} is truncated or corrupt ({type(err).__name__}): this run cannot be resumed; start it "
                         "again with --overwrite") from None
+
+
+def write_firing_counts(folder: Path, counts: torch.Tensor, held_out_rows: int) -> None:
+    """``firing_counts`` (F,) int64: on how many held-out rows each feature's code was above the dead threshold;
+    metadata ``held_out_rows``. A feature with count 0 is dead, one with count / rows > 0.1 dense."""
+    atomic_save_safetensors({"firing_counts": counts.to(torch.int64)}, Path(folder) / FIRING_FILE,
+                            metadata={"held_out_rows": str(int(held_out_rows))})
+
+
+def read_firing_counts(folder: Path) -> tuple[torch.Tensor, int] | None:
+    """The counts and the held-out row count of ``write_firing_counts``, or None where the stage wrote none (a
+    directory from before the file existed, an imported SAE)."""
+    path = Path(folder) / FIRING_FILE
+    if not path.is_file():
+        return None
+    tensors, metadata = load_tensors_with_metadata(path)
+    counts, rows = tensors.get("firing_counts"), metadata.get("held_out_rows", "")
+    if counts is None or counts.ndim != 1 or counts.dtype != torch.int64 or not rows.isdigit():
+        raise UserError(f"{path} does not hold firing counts (an int64 vector and its held-out rows): {REWRITE_HINT}")
+    return counts, int(rows)
 
 
 def weights_sha256(folder: Path, name: str = WEIGHTS_FILE) -> str:

@@ -4,7 +4,7 @@ Stage 2 trains on these; stage 3 feeds the NFM the same codes to collect its int
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +14,7 @@ from common.data.activations import NormStats
 from common.models.codes import select_top_n
 from common.models.nfm import NFM
 from common.models.sae import TopKSAE
+from common.training.metrics import WindowSums
 
 
 class SAECodes(NamedTuple):
@@ -58,25 +59,29 @@ def nfm_loss(nfm: NFM, batch: tuple[Tensor, ...], decode: str) -> tuple[Tensor, 
     return F.mse_loss(prediction.float(), residual), {}
 
 
-def evaluate_nfm(nfm: NFM, codes: SAECodes, decode: str, batch_size: int) -> dict[str, float]:
+def evaluate_nfm(nfm: NFM, codes: SAECodes, decode: str, batch_size: int,
+                 rows_per_window: int | None = None) -> dict[str, Any]:
     """Whole-set figures: residual MSE before and after, error reduction, and the two components' magnitudes.
 
     ``mean_abs_*`` are the mean |output| of each pathway over every row and dimension; the shares are each over their
-    sum (the paper's 95.5% / 4.5%). Sums run in float64. The caller sets eval mode and any autocast.
+    sum (the paper's 95.5% / 4.5%). Sums run in float64. The caller sets eval mode and any autocast. With
+    ``rows_per_window`` (the rows come window after window) ``per_window`` holds each window's ``rows`` and its
+    squared residual ``sse_before`` and ``sse_after`` (METHOD §13).
     """
     totals = torch.zeros(4, dtype=torch.float64, device=codes.residual.device)  # before, after, |linear|, |interaction|
+    windows = None if rows_per_window is None else WindowSums(rows_per_window)
     with torch.no_grad():
         for start in range(0, codes.residual.shape[0], batch_size):
             top_acts, top_indices, residual = (t[start : start + batch_size] for t in codes)
             out = nfm(top_acts, top_indices, decode=decode)
-            totals += torch.stack([
-                residual.double().square().sum(),
-                (residual - out.total.float()).double().square().sum(),
-                out.linear.double().abs().sum(),
-                out.interaction.double().abs().sum(),
-            ])
+            before = residual.double().square().sum(1, keepdim=True)
+            after = (residual - out.total.float()).double().square().sum(1, keepdim=True)
+            totals += torch.stack([before.sum(), after.sum(), out.linear.double().abs().sum(),
+                                   out.interaction.double().abs().sum()])
+            if windows is not None:
+                windows.add([before, after])
     before, after, linear, interaction = (totals / codes.residual.numel()).tolist()
-    return {
+    figures: dict[str, Any] = {
         "loss": after,
         "residual_mse_before": before,
         "residual_mse_after": after,
@@ -86,6 +91,10 @@ def evaluate_nfm(nfm: NFM, codes: SAECodes, decode: str, batch_size: int) -> dic
         "linear_share": linear / (linear + interaction),
         "interaction_share": interaction / (linear + interaction),
     }
+    if windows is not None:
+        figures["per_window"] = {"rows": windows.rows_per().tolist(), "sse_before": windows.sums[:, 0, 0].tolist(),
+                                 "sse_after": windows.sums[:, 1, 0].tolist()}
+    return figures
 
 
 def interaction_vectors(nfm: NFM, sae: TopKSAE, rows: Tensor, norm: NormStats, sae_k: int, top_n: int, decode: str,

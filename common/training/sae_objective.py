@@ -13,10 +13,11 @@ from common.training.metrics import ReconstructionMetrics
 FINAL_KEYS = ("variance_explained", "mse", "fvu", "l0", "dead_fraction")
 
 
-def evaluate_sae(sae: TopKSAE, rows: Tensor, norm: NormStats, rt: Runtime, batch_size: int,
-                 dead_threshold: float = 1e-6, k: int | None = None) -> dict[str, float]:
-    """Whole-set metrics in normalized units: mse, variance_explained, fvu, l0, dead_fraction."""
-    metrics = ReconstructionMetrics(sae.num_features, dead_threshold)
+def sae_metrics(sae: TopKSAE, rows: Tensor, norm: NormStats, rt: Runtime, batch_size: int,
+                dead_threshold: float = 1e-6, k: int | None = None,
+                rows_per_window: int | None = None) -> ReconstructionMetrics:
+    """The SAE's reconstruction of every row, accumulated (per window too, given ``rows_per_window``)."""
+    metrics = ReconstructionMetrics(sae.num_features, dead_threshold, rows_per_window)
     norm = norm.to(rt.device)
     dtype = sae.W_dec.dtype
     with torch.no_grad():
@@ -24,6 +25,12 @@ def evaluate_sae(sae: TopKSAE, rows: Tensor, norm: NormStats, rt: Runtime, batch
             x = norm.normalize(rows[start : start + batch_size].to(rt.device))
             out = sae(x.to(dtype), k=k, decode=rt.decode)
             metrics.update(x, out.recon.float(), out.top_acts, out.top_indices)
-    result = metrics.compute()
+    return metrics
+
+
+def evaluate_sae(sae: TopKSAE, rows: Tensor, norm: NormStats, rt: Runtime, batch_size: int,
+                 dead_threshold: float = 1e-6, k: int | None = None) -> dict[str, float]:
+    """Whole-set metrics in normalized units: mse, variance_explained, fvu, l0, dead_fraction."""
+    result = sae_metrics(sae, rows, norm, rt, batch_size, dead_threshold, k).compute()
     result["loss"] = result["mse"]
     return result

@@ -19,6 +19,7 @@ from common.runtime.distributed import ONE, World
 from common.runtime.fp16_emulation import fp16_products
 from common.runtime.regimes import autocast, param_dtype
 from common.store.stage_files import RESUME_FILE, load_resume_state, write_resume_state
+from common.training.flushed_adam import FlushedAdam
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,14 @@ class BatchSource(Protocol):
 
 
 def make_adam(params: list[nn.Parameter], cfg: TrainConfig, precision: str) -> torch.optim.Adam:
-    """Fused Adam (8x the for-loop over the joint model on the CPU); the original's plain Adam for faithful-fp16."""
+    """Fused Adam (8x the for-loop over the joint model on the CPU); the original's plain Adam for faithful-fp16;
+    with ``--adam_flush_fp16_underflow`` Adam whose second moment underflows as fp16's would (``FlushedAdam``)."""
     kwargs = dict(lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
+    if cfg.adam_flush_fp16_underflow:
+        if precision == "faithful-fp16":
+            raise UserError("--adam_flush_fp16_underflow imitates fp16's Adam in fp32: under --precision "
+                            "faithful-fp16 the second moment underflows by itself; choose one")
+        return FlushedAdam(params, **kwargs)
     if precision == "faithful-fp16":
         return torch.optim.Adam(params, foreach=False, **kwargs)
     return torch.optim.Adam(params, fused=True, **kwargs)

@@ -2,123 +2,23 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from scipy import stats
 
 import part16_orthogonality as part16
 import part17_bimodal_gram as part17
 from common.analysis import bimodal
 from common.analysis.decoders import RESULTS_FILE, barely_moved, initial_norm_band, near_init
-from common.data.activations import NORM_STATS_FILE, NormStats
 from common.errors import UserError
-from common.models.joint import JointSAENFM
 from common.models.loading import load_joint
 from common.models.sae import TopKSAE
 from common.paths import REPO_ROOT
-from common.store.savers import atomic_save_json, atomic_save_safetensors
-from common.store.stage_files import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE
+from tests.pipeline.analysis_checkpoints import N_HIGH, N_INIT, N_LOW_MOVED, D, F
 
-D, F, NFM_K = 64, 1000, 6  # the tiny preset's shapes: the initial squared norm d/(3F) is 0.0213 as in the paper
-N_INIT, N_LOW_MOVED, N_HIGH = 100, 200, 700  # the joint decoder's constructed populations, in this row order
 PNGS_16 = ("squared_norms.png", "pca_cumulative.png", "cosine_offdiag.png")
 PNGS_17 = ("shares_vs_squared_norm.png", "shares_by_group.png", "squared_norms.png")
-
-
-def _write_stage(folder: Path, stage: str, module: torch.nn.Module, d_model: int, config: dict) -> Path:
-    folder.mkdir(parents=True)
-    atomic_save_safetensors(module.state_dict(), folder / WEIGHTS_FILE)
-    NormStats(torch.zeros(d_model), torch.ones(d_model)).save(folder / NORM_STATS_FILE)
-    atomic_save_json({"stage": stage, "format_version": 1, "model_id": "constructed", "model_fingerprint": "test",
-                      "layer": 2, "d_model": d_model, "config": config, "norm_stats_file": NORM_STATS_FILE},
-                     folder / CONFIG_FILE)
-    atomic_save_json({}, folder / METRICS_FILE)
-    return folder
-
-
-def write_sae1(folder: Path, W_dec: torch.Tensor) -> Path:
-    features, d_model = W_dec.shape
-    sae = TopKSAE(d_model, features, min(4, features))
-    sae.W_dec.data.copy_(W_dec)
-    return _write_stage(folder, "sae1", sae, d_model, {"features": features, "k": sae.k, "tied": True})
-
-
-def write_joint(folder: Path, W_dec: torch.Tensor, linear: torch.Tensor, embeddings: torch.Tensor) -> Path:
-    features, d_model = W_dec.shape
-    joint = JointSAENFM(d_model, features, 20, embeddings.shape[1], 10)
-    joint.sae.W_dec.data.copy_(W_dec)
-    joint.nfm.linear_weight.data.copy_(linear)
-    joint.nfm.embeddings.data.copy_(embeddings)
-    config = {"features": features, "k": 20, "tied": True, "nfm_k": embeddings.shape[1], "top_n_features": 10,
-              "dropout": 0.15}
-    return _write_stage(folder, "joint", joint, d_model, config)
-
-
-def _directions(n: int, d: int, generator: torch.Generator) -> torch.Tensor:
-    v = torch.randn(n, d, generator=generator, dtype=torch.float64)
-    return v / v.norm(dim=1, keepdim=True)
-
-
-def _rows_with_norms(norms: torch.Tensor, d: int, generator: torch.Generator) -> torch.Tensor:
-    return (_directions(len(norms), d, generator) * norms[:, None]).float()
-
-
-@pytest.fixture(scope="module")
-def joint_weights() -> dict[str, torch.Tensor]:
-    """Decoder rows: N_INIT left at TopKSAE's init, N_LOW_MOVED squared norms in [0.04, 0.08], N_HIGH ~ N(0.37,
-    0.04)."""
-    g = torch.Generator().manual_seed(0)
-    # Seeded: torch's global generator starts from a random seed in each process, and with about a 6% chance every one
-    # of 100 freshly initialized rows lands within the near-init band that the test needs some row to leave.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        untouched = TopKSAE(D, F, 20).W_dec.detach()[:N_INIT]
-    low_sq = torch.linspace(0.04, 0.08, N_LOW_MOVED, dtype=torch.float64)
-    high_sq = (0.37 + 0.04 * torch.randn(N_HIGH, generator=g, dtype=torch.float64)).clamp(min=0.25)
-    W_dec = torch.cat([untouched, _rows_with_norms(low_sq.sqrt(), D, g), _rows_with_norms(high_sq.sqrt(), D, g)])
-    linear = _rows_with_norms(torch.rand(F, generator=g, dtype=torch.float64) + 0.2, D, g)
-    embeddings = _rows_with_norms(torch.rand(F, generator=g, dtype=torch.float64) + 0.2, NFM_K, g)
-    return {"W_dec": W_dec, "linear": linear, "embeddings": embeddings}
-
-
-@pytest.fixture(scope="module")
-def dirs(tmp_path_factory, joint_weights) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("analyses")
-    g = torch.Generator().manual_seed(1)
-    q, _ = torch.linalg.qr(torch.randn(D, D, generator=g, dtype=torch.float64))
-    one_population = (0.4 + 0.05 * torch.randn(F, generator=g, dtype=torch.float64)).clamp(min=0.1).sqrt()
-    return {
-        "root": root,
-        "orthogonal": write_sae1(root / "orthogonal", q.float()),  # F = d orthonormal rows
-        "unimodal": write_sae1(root / "unimodal", _rows_with_norms(one_population, D, g)),
-        "narrow": write_sae1(root / "narrow", _rows_with_norms(torch.ones(F, dtype=torch.float64), 32, g)),
-        "joint": write_joint(root / "joint", **joint_weights),
-    }
-
-
-@pytest.fixture(scope="module")
-def ortho_run(dirs) -> dict:
-    out = dirs["root"] / "part16"
-    return part16.main(["--preset", "tiny", "--sae1_model_path", str(dirs["unimodal"]),
-                        "--sae2_model_path", str(dirs["joint"]),
-                        "--sae1_name", "stage1", "--sae2_name", "joint", "--output_dir", str(out)])
-
-
-@pytest.fixture(scope="module")
-def orthogonal_run(dirs) -> dict:
-    """part16 on two SAEs that are not the joint model: the orthogonal decoder and the one-population one."""
-    return part16.main(["--sae1_model_path", str(dirs["orthogonal"]), "--sae2_model_path", str(dirs["unimodal"]),
-                        "--output_dir", str(dirs["root"] / "part16_orthogonal")])
-
-
-@pytest.fixture(scope="module")
-def bimodal_run(dirs, ortho_run) -> dict:
-    return part17.main(["--preset", "tiny", "--split", "0.2", "--joint_model_path", str(dirs["joint"]),
-                        "--orthogonality_dir", str(dirs["root"] / "part16"),
-                        "--output_dir", str(dirs["root"] / "part17")])
 
 
 def test_initial_norm_band_matches_the_default_init():
@@ -153,7 +53,8 @@ def test_part16_finds_the_two_modes_and_not_in_one_population(ortho_run, joint_w
     np.testing.assert_allclose(joint["bimodality"]["two_component"]["means"], [low.mean(), high.mean()], atol=0.01)
     np.testing.assert_allclose(joint["bimodality"]["two_component"]["weights"], [0.3, 0.7], atol=0.02)
     assert joint["moved_from_init"]["count"] == N_INIT
-    assert joint["source"]["path"] == str(dirs["joint"].resolve()) and joint["source"]["stage"] == "joint"
+    # recorded relative to the folder that holds part16's output folder, never as an absolute path
+    assert joint["source"]["path"] == "joint" and joint["source"]["stage"] == "joint"
     assert stage1["cosine_offdiag"]["random_directions_mean_abs"] == pytest.approx(np.sqrt(2 / (np.pi * D)), rel=0.01)
 
 
@@ -250,6 +151,9 @@ def test_both_scripts_on_tiny_checkpoints(tiny_stage1_dir, tiny_joint_dir, tmp_p
     for side in ("mean_low", "mean_high"):
         assert sum(bimodal["shares"][name][side] for name in ("residual", "linear", "nonlinear")) == pytest.approx(1.0)
     assert bimodal["mixture_fit"]["two_component"] == ortho["saes"]["joint"]["bimodality"]["two_component"]
+    # a directory the pipeline trained records its seed and firing counts: both the verdict and the control exist
+    assert ortho["saes"]["joint"]["verdict"]["never_moved"]["known"]
+    assert bimodal["controlled"]["untrained"]["n"] == F and bimodal["controlled"]["trained"]["n"] <= F
 
 
 def test_part16_bad_inputs(dirs, tmp_path):

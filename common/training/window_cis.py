@@ -1,0 +1,78 @@
+"""Confidence intervals of the trained stages' held-out figures (METHOD §13): each figure is a ratio of sums over
+held-out rows, the rows come in windows of consecutive tokens, so the unit resampled is a window (a paired
+percentile bootstrap over windows, ``common.stats.window_bootstrap``): one window's rows rise and fall together."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from common.config.concepts import LMConfig
+from common.stats import ratio_of_sums, reduction_of_sums, window_bootstrap
+
+CI_LEVEL = 0.95  # the stage rows have no p-value rule: 95%
+
+
+def rows_per_window(cfg: LMConfig) -> int:
+    """Held-out rows per window: the window's positions, less the first where ``--exclude_first_position`` drops it
+    (``common.data.activations.flatten_positions``)."""
+    return cfg.window - int(cfg.exclude_first_position)
+
+
+def _columns(*parts: list[float]) -> tuple[np.ndarray, ...]:
+    return tuple(np.asarray(part, dtype=np.float64) for part in parts)
+
+
+def _enough(column: np.ndarray) -> bool:
+    return column.shape[-1] >= 2  # one window has no spread to resample
+
+
+def variance_explained_ci(window: dict[str, list[float]], level: float = CI_LEVEL) -> dict[str, Any] | None:
+    """1 − Σ sse_centred / Σ sst over the resampled windows (``ReconstructionMetrics.per_window``)."""
+    columns = _columns(window["sse_centred"], window["sst"])
+    return window_bootstrap(columns, reduction_of_sums, level) if _enough(columns[0]) else None
+
+
+def mse_ci(window: dict[str, list[float]], width: int, level: float = CI_LEVEL) -> dict[str, Any] | None:
+    """Σ sse / (Σ rows · width): the mean squared error per entry over the resampled windows."""
+    columns = _columns(window["sse"], [rows * width for rows in window["rows"]])
+    return window_bootstrap(columns, ratio_of_sums, level) if _enough(columns[0]) else None
+
+
+def reduction_ci(condition_sse: list[float], reference_sse: list[float],
+                 level: float = CI_LEVEL) -> dict[str, Any] | None:
+    """1 − Σ condition / Σ reference over the same resampled windows: an error reduction against a reference."""
+    columns = _columns(condition_sse, reference_sse)
+    return window_bootstrap(columns, reduction_of_sums, level) if _enough(columns[0]) else None
+
+
+def sae_cis(window: dict[str, list[float]], width: int) -> dict[str, Any]:
+    """Stage 1's and stage 3's intervals: variance explained and MSE."""
+    return {"variance_explained": variance_explained_ci(window), "mse": mse_ci(window, width)}
+
+
+def nfm_cis(window: dict[str, list[float]], width: int) -> dict[str, Any]:
+    """Stage 2's intervals on validation rows: the error reduction and the residual MSE before and after."""
+    return {"error_reduction_val": reduction_ci(window["sse_after"], window["sse_before"]),
+            **{f"residual_mse_{side}_val": mse_ci({"sse": window[f"sse_{side}"], "rows": window["rows"]}, width)
+               for side in ("before", "after")}}
+
+
+def joint_cis(window: dict[str, list[float]], width: int) -> dict[str, Any]:
+    """Stage 5's intervals on held-out rows: the MSEs, variance explained and every improvement, each over the same
+    resampled windows as its reference (``JointPass.per_window``, plus ``standalone_sse`` when there is one)."""
+    mse = lambda key: mse_ci({"sse": window[key], "rows": window["rows"]}, width)  # noqa: E731
+    cis = {
+        "joint_mse": mse("joint_sse"),
+        "sae_part_mse": mse("sae_part_sse"),
+        "joint_variance_explained": variance_explained_ci(window),
+        "sae_part_variance_explained": variance_explained_ci({"sse_centred": window["sae_part_sse_centred"],
+                                                              "sst": window["sae_part_sst"]}),
+        "improvement": reduction_ci(window["joint_sse"], window["sae_part_sse"]),
+        "linear_contribution": reduction_ci(window["sae_plus_linear_sse"], window["sae_part_sse"]),
+        "interaction_contribution": reduction_ci(window["joint_sse"], window["sae_plus_linear_sse"]),
+    }
+    if "standalone_sse" in window:
+        cis["standalone_sae_mse"] = mse("standalone_sse")
+        cis["improvement_vs_standalone"] = reduction_ci(window["joint_sse"], window["standalone_sse"])
+    return cis
