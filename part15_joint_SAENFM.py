@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from common.analysis.core_terms import joint_terms
 from common.config.stages import JointConfig
 from common.data.activations import NORM_STATS_FILE, NormStats, open_stream
 from common.data.chunks import ChunkPlan, StreamedChunks, check_streaming_settings
@@ -17,6 +18,7 @@ from common.errors import UserError
 from common.models.joint import JointSAENFM
 from common.models.loading import StageInput, load_sae, open_input
 from common.models.sae import check_sae_shape
+from common.runtime.regimes import autocast
 from common.stages.cli import run_cli
 from common.stages.trained import StageData, StageRun, TrainedStage
 from common.training.joint_objective import evaluate_joint, format_joint_table, joint_loss, joint_stage_metrics
@@ -117,6 +119,9 @@ class Stage5(TrainedStage):
         standalone = None if self.sae1 is None else self.sae1[0]
         metrics = joint_stage_metrics(best, self.val_rows, self.paper_rows[0], self.norm, run.rt,
                                       self.cfg.dead_threshold, standalone)
+        # SAEBench's core terms of the whole joint model (METHOD §15), on the same held-out rows in raw units
+        with autocast(run.rt.precision, run.rt.device):
+            metrics["saebench_terms"] = joint_terms(best, self.val_rows, self.norm, run.rt.decode)
         if standalone is not None:
             metrics["standalone_sae"] = (f"stage-1 SAE {self.cfg.sae1_model_path} (F {standalone.num_features}, "
                                          f"K {standalone.k}) on the same rows")

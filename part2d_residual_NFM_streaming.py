@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from common.analysis.core_terms import sae_nfm_terms
 from common.config.stages import NFMConfig
 from common.data.activations import open_stream
 from common.data.chunks import ChunkPlan, StreamedChunks, check_streaming_settings
@@ -54,7 +55,8 @@ class Stage2(TrainedStage):
             return sae_codes(sae, rows, self.norm, cfg.sae_k, cfg.top_n_features, rt.decode, EVAL_BATCH_ROWS)
 
         started = time.perf_counter()
-        self.val_codes = codes_of(stream.val_rows(max(1, cfg.val_tokens // cfg.window), within=plan.num_windows))
+        self.val_rows = stream.val_rows(max(1, cfg.val_tokens // cfg.window), within=plan.num_windows)
+        self.val_codes = codes_of(self.val_rows)
         val_seconds = time.perf_counter() - started
         self.sample_per_chunk = math.ceil(self.val_codes.residual.shape[0] / plan.num_chunks)
         self.train_sample: dict[int, SAECodes] = {}
@@ -97,6 +99,9 @@ class Stage2(TrainedStage):
         with autocast(run.rt.precision, run.rt.device):
             val = evaluate_nfm(best, self.val_codes, run.rt.decode, EVAL_BATCH_ROWS)
             train = evaluate_nfm(best, sample, run.rt.decode, EVAL_BATCH_ROWS)
+            # SAEBench's core terms of the SAE + NFM (METHOD §15), on the same held-out rows in raw units
+            core = sae_nfm_terms(self.sae, best, self.val_rows, self.norm, self.cfg.sae_k, self.cfg.top_n_features,
+                                 run.rt.decode)
         return {
             **{f"{key}_train": train[key] for key in ERRORS},
             **{f"{key}_val": val[key] for key in ERRORS},
@@ -109,6 +114,7 @@ class Stage2(TrainedStage):
             "num_features": self.sae.num_features,
             "sae_k": self.cfg.sae_k,
             "top_n_features": self.cfg.top_n_features,
+            "saebench_terms": core,
         }
 
     def print_table(self, metrics: dict, out: Path) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
+from common.analysis.core_terms import sae_terms
 from common.data.activations import NormStats
 from common.data.batches import RowBatches
 from common.models.sae import TopKSAE
@@ -42,7 +43,9 @@ class SAETrainingStage(TrainedStage):
     def evaluate(self, run: StageRun, data: StageData, best: TopKSAE) -> dict[str, Any]:
         final = evaluate_sae(best, self.val_rows, self.norm, run.rt, self.cfg.batch_size, self.cfg.dead_threshold)
         return {**{key: final[key] for key in FINAL_KEYS}, "l0_fraction": final["l0"] / best.num_features,
-                "evaluated_rows": final["rows"]}
+                "evaluated_rows": final["rows"],
+                # SAEBench's core terms (METHOD §15), on the same held-out rows in raw units
+                "saebench_terms": sae_terms(best, self.val_rows, self.norm, run.rt.decode)}
 
     def print_table(self, metrics: dict[str, Any], out: Path) -> None:
         print(f"{self.stage_label} done: variance explained {metrics['variance_explained']:.4f}, "
