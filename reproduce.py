@@ -1,4 +1,5 @@
-"""Run the whole pipeline for a preset, stage by stage, and write REPORT.md beside the stage outputs.
+"""Run the whole pipeline for a preset, stage by stage, and write REPORT.md, REPORT.html and SAEBench's core metrics
+(DIR/saebench/core/) beside the stage outputs.
 
     python reproduce.py --preset cpu --output_dir runs/cpu      # offline, SmolLM2-135M, 2 CPU cores
     python reproduce.py --output_dir runs/paper --cache          # the paper's configuration, one 24 GB GPU
@@ -17,11 +18,12 @@ from pathlib import Path
 
 from common.config.presets import PRESETS
 from common.errors import UserError
-from common.reporting.report import write_report
+from common.reporting.publish import publish
 from common.stages.cli import ERROR_FILE_ENV, run_cli
 from common.stages.launch import preload, run_script, run_torchrun
-from common.stages.pipeline import BY_NAME, PIPELINE, PipelineRun
-from common.stages.run_records import RUN_RECORDS, RunRecord, stage_identity
+from common.stages.pipeline import PIPELINE, PipelineRun
+from common.stages.run_folder import check_inputs_exist, forget_empty_run, study_file
+from common.stages.run_records import RunRecord, stage_identity
 from common.store.lock import OutputDir
 
 log = logging.getLogger("reproduce")
@@ -82,16 +84,6 @@ def run_stage(stage: PipelineRun, argv: list[str], out_dir: Path, text_files: li
     return {**written, "skipped": False}
 
 
-def check_inputs_exist(stages: list[PipelineRun], out_dir: Path) -> None:
-    """With --stages, an input stage that is neither run now nor finished is refused before anything is written."""
-    chosen = {stage.name for stage in stages}
-    for stage in stages:
-        for folder in stage.input_dirs(out_dir):
-            if folder.name not in chosen and not (folder / BY_NAME[folder.name].done_file).is_file():
-                raise UserError(f"stage {stage.name} reads {folder}, which is not finished: add --stages "
-                                f"{folder.name} (or run it first)")
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="paper (default), cpu or tiny")
@@ -125,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     text_files = [*(args.text_files or []), *(args.eval_text_files or [])]
     stages = [stage for stage in PIPELINE if not args.stages or stage.name in args.stages]
     check_inputs_exist(stages, out_dir)
-    study = study_file(args)
+    study = study_file(args.study, args.preset)
     if any(not (args.nproc > 1 and stage.splits) for stage in stages):
         preload()  # for the stages forked from here; torchrun's ranks are fresh interpreters
     fresh = not out_dir.exists()
@@ -133,33 +125,11 @@ def main(argv: list[str] | None = None) -> None:
         with OutputDir(out_dir, resume=True).writing():  # one reproduce.py per run folder at a time
             timings = {stage.name: run_stage(stage, stage_argv(stage, args, out_dir), out_dir, text_files, args.nproc)
                        for stage in stages}
-            report = write_report(out_dir, vars(args), timings, study)
+            reports = publish(out_dir, vars(args), timings, study)  # REPORT.md, report.json, SAEBench, REPORT.html
     except UserError:
         forget_empty_run(out_dir, fresh)
         raise
-    print(f"report: {report}")
-
-
-def study_file(args: argparse.Namespace) -> Path | None:
-    if args.study is not None:
-        if not Path(args.study).is_file():
-            raise UserError(f"--study {args.study}: no such file (study.py writes study.json in its --output_dir)")
-        return Path(args.study)
-    default = ROOT / "docs" / "results" / f"{args.preset}-study.json"
-    return default if default.is_file() else None
-
-
-def forget_empty_run(out_dir: Path, fresh: bool) -> None:
-    """After a failure, the records of stages that wrote nothing go, and so does a run folder this call created and
-    that holds nothing else: bad input leaves no trace."""
-    records = out_dir / RUN_RECORDS
-    for record in records.glob("*.json") if records.is_dir() else []:
-        if not (out_dir / record.stem).is_dir():
-            record.unlink()
-    if fresh and records.is_dir() and not any(records.iterdir()):
-        records.rmdir()
-    if fresh and out_dir.is_dir() and not any(out_dir.iterdir()):
-        out_dir.rmdir()
+    print("report: " + ", ".join(str(path) for path in reports))
 
 
 if __name__ == "__main__":
