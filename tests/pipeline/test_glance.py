@@ -1,0 +1,48 @@
+"""The README's "Results at a glance" (``python -m common.reporting.glance``): on the tiny run, one lead claim per
+section with its values read from report.json, the count of rules that hold; and the README's own section is what
+the script makes of the committed run it links, so it cannot drift from it."""
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from common.reporting.glance import END, START, glance, lead_rows
+from tests.helpers import ROOT
+
+
+def test_glance_of_the_tiny_run(tiny_run: Path, tmp_path: Path):
+    report = json.loads((tiny_run / "report.json").read_text())
+    ruled = [row for row in report["rows"] if "holds" in row]
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\n{START}\nold\n{END}\n\nafter\n")
+    figure = sorted(tiny_run.glob("ortho/*.png"))[0]
+    result = subprocess.run([sys.executable, "-m", "common.reporting.glance", "--report", str(tiny_run / "report.json"),
+                             "--figure", str(figure), "--readme", str(readme)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    text = readme.read_text()
+    assert text.startswith("# title\n\n" + START) and text.endswith(END + "\n\nafter\n") and "old" not in text
+    assert f"**{sum(row['holds'] for row in ruled)} of {len(ruled)} written rules hold**" in text
+    table = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| section")]
+    sections = list(dict.fromkeys(row["section"] for row in ruled))
+    assert [line.split(" | ")[0][2:] for line in table] == sections  # one lead claim per section, in order
+    first = next(row for row in ruled if row["section"] == sections[0] and row.get("paper"))
+    assert table[0].startswith(f"| {first['section']} | {first['name']} | {first['paper']} |")
+    assert f"![{figure.name}]({figure})" in text
+
+
+def test_lead_rows_prefer_a_claim_with_a_paper_figure():
+    rows = [{"section": "s", "name": "a", "paper": "—", "holds": True}, {"section": "s", "name": "b", "holds": True},
+            {"section": "s", "name": "c", "paper": "5%", "holds": False}, {"section": "s", "name": "d", "paper": "1"}]
+    assert [row["name"] for row in lead_rows(rows)] == ["c"]
+
+
+def test_the_readme_section_is_the_committed_run_s():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index(START) : readme.index(END) + len(END)]
+    report_path = re.search(r"\[`([^`]+report\.json)`\]", section).group(1)
+    figure = re.search(r"!\[[^\]]*\]\(([^)]+)\)", section)
+    report = json.loads((ROOT / report_path).read_text())
+    assert section == glance(report, report_path, figure.group(1) if figure else None)
+    assert figure is None or (ROOT / figure.group(1)).is_file()
