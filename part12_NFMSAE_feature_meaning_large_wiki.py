@@ -14,10 +14,11 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from common.behavior.feature_drivers import drivers
 from common.behavior.feature_scan import PRIMARY, SECONDARY, ScanResult, dashboard_data, scan_features
 from common.behavior.logit_lens import logit_lens
 from common.behavior.pipeline import Clamp
-from common.behavior.run import BehaviorRun, attribution, greedy
+from common.behavior.run import BehaviorRun, greedy
 from common.behavior.stimuli import load_stimuli
 from common.behavior.texts import stimulus_set
 from common.config.stages import MeaningConfig
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     clamps = [Clamp("secondary", f, value, cfg.clamp_mode) for f in features for value in cfg.multipliers]
     continued = {prompt: greedy(run, prompt, [None, *clamps], cfg.generation_tokens) for prompt in prompts}
     texts = {prompt: [tokenizer.decode(ids) for ids in rows] for prompt, rows in continued.items()}
-    drivers = stimulus_set(run, "selection").texts
+    driven = drivers(run, stimulus_set(run, "selection").texts, features, primaries)
     entries = {}
     for feature in features:
         best = scan.best(SECONDARY, feature)
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                  "label": label(best, text, scan.token_counts, tokenizer), "examples": examples,
                                  "generations": generations,
                                  "dashboard": dashboard_data(scan, SECONDARY, feature, tokenizer),
-                                 "attribution": attribution(run, drivers, feature, primaries)}
+                                 "attribution": driven[feature]}
     results = {"analysis": ANALYSIS, **run.describe(), "text": text.source.description,
                "text_identity": text.source.identity, "windows_requested": cfg.num_windows,
                "windows_used": len(indices), "clamp_mode": cfg.clamp_mode, "multipliers": cfg.multipliers,

@@ -52,7 +52,7 @@ class ScanResult:
         return {"mean_code": record.code_sum / self.positions, "active_share": active / self.positions}
 
 
-def _codes_of(acts: Tensor, indices: Tensor, wanted: list[int]) -> Tensor:
+def codes_of(acts: Tensor, indices: Tensor, wanted: list[int]) -> Tensor:
     """(N, K) sparse codes -> (N, len(wanted)) dense codes of the wanted features."""
     if not wanted:
         return acts.new_zeros(acts.shape[0], 0)
@@ -87,8 +87,8 @@ def scan_features(run: BehaviorRun, stream: ActivationStream, indices: list[int]
         ids = torch.stack([stream.text.get(i) for i in chunk])
         residual = stream.windows(chunk).to(run.rt.device)
         out = run.pipeline.run(residual.reshape(-1, residual.shape[-1]).float())
-        codes = torch.cat([_codes_of(out.top_acts, out.top_indices, primary),
-                           _codes_of(out.secondary_acts, out.secondary_indices, secondary)], dim=1)
+        codes = torch.cat([codes_of(out.top_acts, out.top_indices, primary),
+                           codes_of(out.secondary_acts, out.secondary_indices, secondary)], dim=1)
         codes = codes.reshape(len(chunk), ids.shape[1], len(keys)).cpu()
         codes[:, : run.first_position] = 0  # BOS is no example
         counts += torch.bincount(ids[:, run.first_position:].flatten(), minlength=vocab).double()

@@ -97,6 +97,19 @@ def test_every_dashboard_number_is_its_results_file_s(tiny_run: Path):
     assert checked >= 50
 
 
+def test_the_batched_drivers_equal_part11_s_attribution(tiny_run: Path):
+    """part12's drivers of every secondary feature, every primary's ablation of a text in one batch, against part11's
+    plain attribution (one primary per pass) of its target, on the same texts, in both evaluations."""
+    for suffix in ("", "_original"):
+        selection = json.loads((tiny_run / f"selection{suffix}" / "results.json").read_text())
+        meaning = json.loads((tiny_run / f"meaning{suffix}" / "results.json").read_text())
+        batched = meaning["features"][str(selection["target"])]["attribution"]
+        assert [row["primary"] for row in batched] == [row["primary"] for row in selection["attribution"]]
+        for mine, plain in zip(batched, selection["attribution"]):
+            assert mine["mean_code_drop"] == pytest.approx(plain["mean_code_drop"], rel=1e-5, abs=1e-9)
+            assert mine["active_share"] == plain["active_share"]
+
+
 def test_report_html_names_no_address_outside_itself(tiny_run: Path):
     page = (tiny_run / "REPORT.html").read_text(encoding="utf-8")
     assert not re.search(r"(https?:|ftp:)?//[\w.-]+\.[a-z]{2,}", page.replace("data:image/png;base64,", ""))
