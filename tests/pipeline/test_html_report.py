@@ -110,6 +110,42 @@ def test_the_batched_drivers_equal_part11_s_attribution(tiny_run: Path):
             assert mine["active_share"] == plain["active_share"]
 
 
+def test_each_dashboard_s_scan_agrees_with_itself(tiny_run: Path):
+    """What part12's scan keeps, held to invariants of its own arithmetic: the outlined token carries the example's
+    code, the examples run from the feature's largest code down, the histogram counts every active token once, the
+    density is active tokens over tokens and equals part12's own active share."""
+    meaning = json.loads((tiny_run / "meaning" / "results.json").read_text())
+    entries = [*meaning["features"].values(), *meaning["primary_features"].values()]
+    assert any(entry["dashboard"]["examples"] for entry in entries)
+    for entry in entries:
+        dash = entry["dashboard"]
+        codes = [example["code"] for example in dash["examples"]]
+        assert codes == sorted(codes, reverse=True) and all(code > 0 for code in codes)
+        for example in dash["examples"]:
+            assert example["codes"][example["peak"]] == example["code"]
+            assert len(example["tokens"]) == len(example["codes"]) and max(example["codes"]) == example["code"]
+        assert not codes or dash["max_code"] == codes[0]
+        assert sum(dash["histogram"]["counts"]) == dash["active_positions"]
+        assert dash["density"] == dash["active_positions"] / dash["positions"] == entry["active_share"]
+
+
+def test_the_logit_lens_is_the_unembedding_of_the_sigma_scaled_decoder_row(tiny_run: Path, tiny_lm):
+    """A primary feature's lens, recomputed here from the stage-1 files and the LM's own weights."""
+    meaning = json.loads((tiny_run / "meaning" / "results.json").read_text())
+    feature, entry = next(iter(meaning["primary_features"].items()))
+    with safe_open(str(tiny_run / "sae1" / "best_model.safetensors"), "pt") as handle:
+        row = handle.get_tensor("W_dec")[int(feature)].double()
+    with safe_open(str(tiny_run / "sae1" / "norm_stats.safetensors"), "pt") as handle:
+        sigma = handle.get_tensor("std").double()
+    model = tiny_lm.model
+    logits = model.lm_head.weight.double() @ (row * sigma * model.model.norm.weight.double())
+    top = logits.topk(len(entry["logit_lens"]["top"]))
+    assert [t["token_id"] for t in entry["logit_lens"]["top"]] == top.indices.tolist()
+    assert [t["logit"] for t in entry["logit_lens"]["top"]] == pytest.approx(top.values.tolist(), rel=1e-4)
+    bottom = logits.topk(len(entry["logit_lens"]["bottom"]), largest=False)
+    assert [t["token_id"] for t in entry["logit_lens"]["bottom"]] == bottom.indices.tolist()
+
+
 def test_report_html_names_no_address_outside_itself(tiny_run: Path):
     page = (tiny_run / "REPORT.html").read_text(encoding="utf-8")
     assert not re.search(r"(https?:|ftp:)?//[\w.-]+\.[a-z]{2,}", page.replace("data:image/png;base64,", ""))
