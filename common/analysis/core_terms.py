@@ -77,7 +77,7 @@ def core_terms(rows: Tensor, norm: NormStats, reconstruct: Reconstruct, device: 
             raw = rows[start : start + LEGACY_BATCH_ROWS].to(device).float()
             recon, codes = reconstruct(norm.normalize(raw))
             terms.update(raw, norm.denormalize(recon.float()), codes)
-    return {**terms.compute(), "units": "raw residual (de-normalized)"}
+    return {**terms.compute(), "units": "the model input's own (de-normalized)"}
 
 
 def sae_terms(sae: TopKSAE, rows: Tensor, norm: NormStats, decode: str, k: int | None = None) -> dict[str, float]:

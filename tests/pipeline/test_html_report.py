@@ -2,6 +2,8 @@
 with no console error and every image decoded; it names no address outside itself; every number a dashboard shows is
 its results file's, read back here by the key the page names; the SAEBench files validate against SAEBench's own
 schema and hold the scores computed here from the KL stages' means."""
+import base64
+import io
 import json
 import os
 import re
@@ -11,12 +13,18 @@ from typing import Any
 
 import pytest
 from jsonschema import Draft202012Validator
+from matplotlib.image import imread
 from safetensors import safe_open
 
 import part12_NFMSAE_feature_meaning_large_wiki as part12
 from common.reporting.html.dashboards import read_sources, write_feature_pages
 from tests.browser import Browser, find_chromium, open_page
 from tests.helpers import DATA
+
+
+def _page(run: Path) -> str:
+    """REPORT.html with its inline images' bytes left out (megabytes no assertion here reads)."""
+    return re.sub(r"base64,[A-Za-z0-9+/=]+", "base64,", (run / "REPORT.html").read_text(encoding="utf-8"))
 
 
 def _read(run: Path, source: str) -> Any:
@@ -69,7 +77,7 @@ def _shown(text: str, kind: str) -> float:
 
 def test_every_dashboard_number_is_its_results_file_s(tiny_run: Path):
     parser = Numbers()
-    parser.feed((tiny_run / "REPORT.html").read_text(encoding="utf-8"))
+    parser.feed(_page(tiny_run))
     in_dashboards = [e for e in parser.found if e["dashboard"] and "data-source" in e]
     assert len({e["dashboard"] for e in in_dashboards}) >= 2
     selection = json.loads((tiny_run / "selection" / "results.json").read_text())
@@ -123,7 +131,7 @@ def test_each_dashboard_s_scan_agrees_with_itself(tiny_run: Path):
         assert codes == sorted(codes, reverse=True) and all(code > 0 for code in codes)
         for example in dash["examples"]:
             assert example["codes"][example["peak"]] == example["code"]
-            assert len(example["tokens"]) == len(example["codes"]) and max(example["codes"]) == example["code"]
+            assert len(example["tokens"]) == len(example["codes"]) and max(example["codes"]) <= dash["max_code"]
         assert not codes or dash["max_code"] == codes[0]
         assert sum(dash["histogram"]["counts"]) == dash["active_positions"]
         assert dash["density"] == dash["active_positions"] / dash["positions"] == entry["active_share"]
@@ -147,11 +155,23 @@ def test_the_logit_lens_is_the_unembedding_of_the_sigma_scaled_decoder_row(tiny_
 
 
 def test_report_html_names_no_address_outside_itself(tiny_run: Path):
-    page = (tiny_run / "REPORT.html").read_text(encoding="utf-8")
-    assert not re.search(r"(https?:|ftp:)?//[\w.-]+\.[a-z]{2,}", page.replace("data:image/png;base64,", ""))
+    page = _page(tiny_run)
+    assert not re.search(r"(https?:|ftp:)?//[\w.-]+\.[a-z]{2,}", page)
     assert "<script" not in page and "<link" not in page and "@import" not in page and "url(" not in page
     sources = re.findall(r'(?:src|href)="([^"]*)"', page)
-    assert sources and all(s.startswith(("data:image/png;base64,", "#")) for s in sources)
+    assert sources and all(s == "data:image/png;base64," or s.startswith("#") for s in sources)
+
+
+def test_every_inline_figure_is_its_stage_s_png_whole(tiny_run: Path):
+    """Each image is the PNG file its caption names, byte for byte, and decodes to its last row (a browser shows a
+    truncated PNG's first rows without complaint)."""
+    page = (tiny_run / "REPORT.html").read_text(encoding="utf-8")
+    figures = re.findall(r'<img src="data:image/png;base64,([^"]+)"[^>]*><figcaption>([^<]+)</figcaption>', page)
+    assert len(figures) == len(list(tiny_run.glob("*/*.png"))) >= 20
+    for data, caption in figures:
+        raw = base64.b64decode(data)
+        assert raw == (tiny_run / caption).read_bytes(), caption
+        assert imread(io.BytesIO(raw), format="png").ndim == 3
 
 
 def test_saebench_files_validate_and_hold_the_kl_means(tiny_run: Path):
@@ -175,6 +195,12 @@ def test_saebench_files_validate_and_hold_the_kl_means(tiny_run: Path):
             assert "model_performance_preservation.ce_loss_score" in missing
         terms = json.loads((tiny_run / stage / "metrics.json").read_text())["saebench_terms"]
         assert metrics["reconstruction_quality"]["explained_variance"] == terms["explained_variance"]
+        # the three models' terms are taken on the same held-out rows (stage 1's), the SAE + NFM at the NFM's K
+        stage1 = json.loads((tiny_run / "sae1" / "metrics.json").read_text())
+        assert terms["rows"] == stage1["evaluated_rows"]
+        assert terms["l2_norm_in"] == pytest.approx(stage1["saebench_terms"]["l2_norm_in"], rel=1e-9)
+        nfm_config = json.loads((tiny_run / "nfm" / "config.json").read_text())["config"]
+        assert terms["k"] == (nfm_config["sae_k"] if name == "sae_nfm" else stage1["saebench_terms"]["k"])
         firing = tiny_run / ("joint" if name == "joint" else "sae1") / "feature_firing.safetensors"
         if firing.is_file():
             with safe_open(str(firing), "pt") as handle:
@@ -233,4 +259,4 @@ def test_part12_writes_one_page_per_feature(tiny_run: Path, tmp_path: Path, caps
     assert names == {f"secondary_{f}.html" for f in src.meaning["features"]} | {
         f"primary_{p}.html" for p in src.meaning["primary_features"]}
     target = (tmp_path / "features" / f"secondary_{src.selection['target']}.html").read_text(encoding="utf-8")
-    assert "part13's clamp target" in target and 'href="primary_' in target
+    assert "part13&#x27;s clamp target" in target and 'href="primary_' in target
