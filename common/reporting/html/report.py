@@ -11,6 +11,7 @@ from common.reporting.html.dashboards import dashboards, read_sources
 from common.reporting.html.page import document, esc, png_figure
 from common.reporting.html.sections import (
     claims_section,
+    glance_section,
     header_section,
     saebench_section,
     study_section,
@@ -19,8 +20,8 @@ from common.reporting.html.sections import (
 from common.store.savers import atomic_save_text
 
 REPORT_HTML = "REPORT.html"
-NAV = (("run", "The run"), ("study", "Why the numbers differ"), ("claims-section", "Claims"), ("time", "Time"),
-       ("saebench", "SAEBench"), ("dashboards", "Feature dashboards"), ("figures", "Figures"))
+NAV = (("glance", "At a glance"), ("run", "The run"), ("study", "Why the numbers differ"), ("claims-section", "Claims"),
+       ("time", "Time"), ("saebench", "SAEBench"), ("dashboards", "Feature dashboards"), ("figures", "Figures"))
 
 
 def dashboards_section(out_dir: Path) -> str:
@@ -58,7 +59,7 @@ def write_html(out_dir: Path, report: dict[str, Any]) -> Path:
     header = report["header"]
     nav = "<nav>" + "".join(f'<a href="#{anchor}">{title}</a>' for anchor, title in NAV) + "</nav>"
     body = "".join([
-        f"<h1>Reproduction report: {esc(header.get('preset'))} preset</h1>", nav,
+        f"<h1>Reproduction report: {esc(header.get('preset'))} preset</h1>", nav, glance_section(report["rows"]),
         study_section(header.get("study"), header.get("preset")),
         header_section(header), claims_section(report["rows"]), timing_section(header), saebench_section(out_dir),
         dashboards_section(out_dir), figures_section(out_dir),

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from common.reporting.glance import lead_rows
 from common.reporting.html.page import esc, table
 from common.reporting.report import format_ci, format_value
 from common.reporting.saebench import CORE_DIR, CORE_MODELS
@@ -80,6 +81,18 @@ def claim_cells(row: dict[str, Any]) -> list[str]:
     return [esc(row["name"]), esc(row.get("paper", "")), f'<span class="value">{esc(format_value(row["value"], kind))}'
             "</span>", ci, original, esc(row.get("rule", "")), verdict,
             f'<span class="source">{esc(row.get("source", ""))}</span>']
+
+
+def glance_section(rows: list[dict[str, Any]]) -> str:
+    """Each section's lead claim (as the README's glance picks it), above everything else."""
+    verdicts = [row["holds"] for row in rows if "holds" in row]
+    if not verdicts:
+        return ""
+    shown = [(esc(row["section"]), *claim_cells(row)[:4], claim_cells(row)[6]) for row in lead_rows(rows)]
+    return block("glance", "At a glance",
+                 f"<p><b>{sum(verdicts)} of {len(verdicts)} written rules hold</b> as trained. Each section's lead "
+                 'claim; every figure is in the <a href="#claims">claims table</a>.</p>'
+                 + table(("section", "claim", "paper", "this run", "CI", "verdict"), shown))
 
 
 def claims_section(rows: list[dict[str, Any]]) -> str:
