@@ -3,9 +3,10 @@ drifts from them: each section's lead claim (its first row with a written rule a
 paper's figure, the run's value and CI, and the verdict; the count of rules that hold; and the figure.
 
     python -m common.reporting.glance --report docs/results/cpu/report.json \\
-        --figure docs/results/cpu/joint_squared_norms.png --readme README.md
+        --figure docs/results/cpu/squared_norms.png --readme README.md
 
-rewrites the part of README.md between the two ``glance`` markers (or prints it without ``--readme``)."""
+rewrites the part of README.md between the two ``glance`` markers (or prints it without ``--readme``). Paths are
+written as given, so give them relative to the README. Any run's report.json works (tests use the tiny run's)."""
 from __future__ import annotations
 
 import argparse
@@ -83,6 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.figure and not Path(args.figure).is_file():
         raise UserError(f"--figure {args.figure}: no such file")
+    linked = [path for path in (args.report, args.figure) if path]
+    if args.readme is not None and any(Path(path).is_absolute() for path in linked):
+        raise UserError("--report and --figure are linked from the README as given: give them relative to it")
     section = glance(load_json(Path(args.report)), args.report, args.figure)
     if args.readme is None:
         sys.stdout.write(section + "\n")

@@ -5,17 +5,21 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
+from common.errors import UserError
 from common.reporting.glance import END, START, glance, lead_rows, main
 from tests.helpers import ROOT
 
 
-def test_glance_of_the_tiny_run(tiny_run: Path, tmp_path: Path):
+def test_glance_of_the_tiny_run(tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     report = json.loads((tiny_run / "report.json").read_text())
     ruled = [row for row in report["rows"] if "holds" in row]
     readme = tmp_path / "README.md"
     readme.write_text(f"# title\n\n{START}\nSTALE-TABLE\n{END}\n\nafter\n")
-    figure = sorted(tiny_run.glob("ortho/*.png"))[0]
-    main(["--report", str(tiny_run / "report.json"), "--figure", str(figure), "--readme", str(readme)])
+    monkeypatch.chdir(tiny_run)  # the README links its paths as given: relative ones
+    figure = sorted(Path("ortho").glob("*.png"))[0]
+    main(["--report", "report.json", "--figure", str(figure), "--readme", str(readme)])
     text = readme.read_text()
     assert text.startswith("# title\n\n" + START) and text.endswith(END + "\n\nafter\n") and "STALE" not in text
     assert f"**{sum(row['holds'] for row in ruled)} of {len(ruled)} written rules hold**" in text
@@ -36,8 +40,19 @@ def test_lead_rows_prefer_a_claim_with_a_paper_figure():
 def test_the_readme_section_is_the_committed_run_s():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme[readme.index(START) : readme.index(END) + len(END)]
-    report_path = re.search(r"\[`([^`]+report\.json)`\]", section).group(1)
+    linked = re.search(r"\[`([^`]+report\.json)`\]", section)
+    if linked is None:
+        pytest.skip("the README's glance section links no committed run yet (python -m common.reporting.glance)")
+    report_path = linked.group(1)
     figure = re.search(r"!\[[^\]]*\]\(([^)]+)\)", section)
     report = json.loads((ROOT / report_path).read_text())
     assert section == glance(report, report_path, figure.group(1) if figure else None)
     assert figure is None or (ROOT / figure.group(1)).is_file()
+
+
+def test_an_absolute_path_is_refused_before_the_readme_changes(tiny_run: Path, tmp_path: Path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{START}\n{END}\n")
+    with pytest.raises(UserError, match="relative"):
+        main(["--report", str(tiny_run / "report.json"), "--readme", str(readme)])
+    assert readme.read_text() == f"{START}\n{END}\n"
