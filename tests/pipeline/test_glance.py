@@ -50,9 +50,10 @@ def test_the_readme_section_is_the_committed_run_s():
     assert figure is None or (ROOT / figure.group(1)).is_file()
 
 
-def test_an_absolute_path_is_refused_before_the_readme_changes(tiny_run: Path, tmp_path: Path):
-    readme = tmp_path / "README.md"
+def test_an_absolute_path_is_refused_before_the_readme_changes(tmp_path: Path):
+    readme, report = tmp_path / "README.md", tmp_path / "report.json"
     readme.write_text(f"{START}\n{END}\n")
+    report.write_text(json.dumps({"header": {"preset": "tiny"}, "rows": []}))
     with pytest.raises(UserError, match="relative"):
-        main(["--report", str(tiny_run / "report.json"), "--readme", str(readme)])
+        main(["--report", str(report), "--readme", str(readme)])
     assert readme.read_text() == f"{START}\n{END}\n"
