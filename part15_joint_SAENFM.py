@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from common.analysis.core_terms import joint_terms
 from common.config.stages import JointConfig
 from common.data.activations import NORM_STATS_FILE, NormStats, open_stream
 from common.data.chunks import ChunkPlan, StreamedChunks, check_streaming_settings
@@ -18,6 +19,7 @@ from common.models.joint import JointSAENFM
 from common.models.loading import StageInput, load_sae, open_input
 from common.models.sae import check_sae_shape
 from common.paths import portable
+from common.runtime.regimes import autocast
 from common.stages.cli import run_cli
 from common.stages.trained import StageData, StageRun, TrainedStage
 from common.store.stage_files import write_firing_counts
@@ -122,6 +124,9 @@ class Stage5(TrainedStage):
                                               self.cfg.dead_threshold, rows_per_window(self.cfg), standalone)
         write_firing_counts(run.out, firing, self.val_rows.shape[0])
         run_folder = run.out.parent  # inputs are recorded relative to it (or to the repository), never absolute
+        # SAEBench's core terms of the whole joint model (METHOD §15), on the same held-out rows in raw units
+        with autocast(run.rt.precision, run.rt.device):
+            metrics["saebench_terms"] = joint_terms(best, self.val_rows, self.norm, run.rt.decode)
         if standalone is not None:
             metrics["standalone_sae"] = (f"stage-1 SAE {portable(self.cfg.sae1_model_path, run_folder)} "
                                          f"(F {standalone.num_features}, K {standalone.k}) on the same rows")

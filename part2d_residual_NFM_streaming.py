@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from common.analysis.core_terms import sae_nfm_terms
 from common.config.stages import NFMConfig
 from common.data.activations import open_stream
 from common.data.chunks import ChunkPlan, StreamedChunks, check_streaming_settings
@@ -51,7 +52,8 @@ class Stage2(TrainedStage):
             raise UserError(f"--chunk_tokens {cfg.chunk_tokens} leaves a chunk without training windows: "
                             "use larger chunks")
         started = time.perf_counter()
-        self.val_codes = self.codes_of(stream.val_rows(max(1, cfg.val_tokens // cfg.window), within=plan.num_windows))
+        self.val_rows = stream.val_rows(max(1, cfg.val_tokens // cfg.window), within=plan.num_windows)
+        self.val_codes = self.codes_of(self.val_rows)
         val_seconds = time.perf_counter() - started
         self.sample_per_chunk = math.ceil(self.val_codes.residual.shape[0] / plan.num_chunks)
         self.train_sample: dict[int, SAECodes] = {}
@@ -100,6 +102,9 @@ class Stage2(TrainedStage):
         with autocast(run.rt.precision, run.rt.device):
             val = evaluate_nfm(best, self.val_codes, run.rt.decode, EVAL_BATCH_ROWS, rows_per_window(self.cfg))
             train = evaluate_nfm(best, sample, run.rt.decode, EVAL_BATCH_ROWS)
+            # SAEBench's core terms of the SAE + NFM (METHOD §15), on the same held-out rows in raw units
+            core = sae_nfm_terms(self.sae, best, self.val_rows, self.norm, self.cfg.sae_k, self.cfg.top_n_features,
+                                 run.rt.decode)
         return {
             **{f"{key}_train": train[key] for key in ERRORS},
             **{f"{key}_val": val[key] for key in ERRORS},
@@ -114,6 +119,7 @@ class Stage2(TrainedStage):
             "top_n_features": self.cfg.top_n_features,
             "ci": nfm_cis(val["per_window"], self.val_codes.residual.shape[1]),
             "per_window": val["per_window"],
+            "saebench_terms": core,
         }
 
     def print_table(self, metrics: dict, out: Path) -> None:

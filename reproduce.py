@@ -1,4 +1,5 @@
-"""Run the whole pipeline for a preset, stage by stage, and write REPORT.md beside the stage outputs.
+"""Run the whole pipeline for a preset, stage by stage, and write REPORT.md, REPORT.html and SAEBench's core metrics
+(DIR/saebench/core/) beside the stage outputs.
 
     python reproduce.py --preset cpu --output_dir runs/cpu      # offline, SmolLM2-135M, 2 CPU cores
     python reproduce.py --output_dir runs/paper --cache          # the paper's configuration, one 24 GB GPU
@@ -16,11 +17,12 @@ from pathlib import Path
 
 from common.config.presets import PRESETS
 from common.errors import UserError
-from common.reporting.report import write_report
+from common.reporting.publish import publish
 from common.stages.cli import run_cli
 from common.stages.launch import preload
 from common.stages.pipeline import PIPELINE
-from common.stages.runner import check_inputs_exist, forget_empty_run, run_stage, stage_argv
+from common.stages.run_folder import check_inputs_exist, forget_empty_run, study_file
+from common.stages.runner import run_stage, stage_argv
 from common.store.lock import OutputDir
 
 log = logging.getLogger("reproduce")
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     text_files = [*(args.text_files or []), *(args.eval_text_files or [])]
     stages = [stage for stage in PIPELINE if not args.stages or stage.name in args.stages]
     check_inputs_exist(stages, out_dir)
-    study = study_file(args)
+    study = study_file(args.study, args.preset)
     if any(not (args.nproc > 1 and stage.splits) for stage in stages):
         preload()  # for the stages forked from here; torchrun's ranks are fresh interpreters
     fresh = not out_dir.exists()
@@ -68,20 +70,11 @@ def main(argv: list[str] | None = None) -> None:
         with OutputDir(out_dir, resume=True).writing():  # one reproduce.py per run folder at a time
             timings = {stage.name: run_stage(stage, stage_argv(stage, args, out_dir), out_dir, text_files, args.nproc)
                        for stage in stages}
-            report = write_report(out_dir, vars(args), timings, study)
+            reports = publish(out_dir, vars(args), timings, study)  # REPORT.md, report.json, SAEBench, REPORT.html
     except UserError:
         forget_empty_run(out_dir, fresh)
         raise
-    print(f"report: {report}")
-
-
-def study_file(args: argparse.Namespace) -> Path | None:
-    if args.study is not None:
-        if not Path(args.study).is_file():
-            raise UserError(f"--study {args.study}: no such file (study.py writes study.json in its --output_dir)")
-        return Path(args.study)
-    default = ROOT / "docs" / "results" / f"{args.preset}-study.json"
-    return default if default.is_file() else None
+    print("report: " + ", ".join(str(path) for path in reports))
 
 
 

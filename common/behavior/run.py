@@ -1,6 +1,6 @@
 """A behavioral script's run (METHOD §10): the LM and the pipeline as the script opened them, and what the scripts
-ask of them: the token ids of a text, per-text mean codes, prompt logits under clamps, greedy generations, which
-primary features feed a secondary one, and the top-activating examples of features."""
+ask of them: the token ids of a text, per-text mean codes, prompt logits under clamps, greedy generations, and which
+primary features feed a secondary one."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,7 +14,6 @@ from tqdm.auto import tqdm
 
 from common.behavior.pipeline import Clamp, Pipeline
 from common.config.concepts import BehaviorConfig
-from common.data.activations import ActivationStream
 from common.errors import UserError
 from common.lm.hooks import capture_layer, patch_layer, run_from_layer
 from common.lm.model import LoadedLM
@@ -150,39 +149,3 @@ def attribution(run: BehaviorRun, texts: list[str], secondary: int, primaries: l
         tokens += residual.shape[0]
     rows = [{"primary": i, "mean_code_drop": change[i] / tokens, "active_share": active[i] / tokens} for i in primaries]
     return sorted(rows, key=lambda row: -abs(row["mean_code_drop"]))
-
-
-Examples = dict[int, list[tuple[float, int, int]]]  # feature -> its largest codes as (code, window, position)
-
-
-def top_examples(run: BehaviorRun, stream: ActivationStream, indices: list[int], features: list[int], examples: int,
-                 batch_size: int) -> tuple[Examples, Tensor, dict[int, dict[str, float]]]:
-    """Scan windows of a text (their activations from ``stream``, so from its cache where it has them): per feature
-    its ``examples`` largest codes as (code, window, position), the token counts of the scanned real positions (for
-    the labels' lift over corpus frequency), and each feature's mean code and active share over those positions."""
-    text = stream.text
-    vocab = len(run.lm.tokenizer)
-    counts = torch.zeros(vocab, dtype=torch.float64)
-    best: Examples = {f: [] for f in features}
-    totals = {f: [0.0, 0] for f in features}
-    wanted = torch.tensor(features, device=run.rt.device)
-    for start in tqdm(range(0, len(indices), batch_size), desc="scan", unit="batch", leave=False):
-        chunk = indices[start : start + batch_size]
-        ids = torch.stack([text.get(i) for i in chunk])
-        residual = stream.windows(chunk).to(run.rt.device)
-        out = run.pipeline.run(residual.reshape(-1, residual.shape[-1]).float())
-        hits = out.secondary_indices.unsqueeze(-1) == wanted  # (B·T, K2, n features)
-        codes = (out.secondary_acts.unsqueeze(-1) * hits).sum(1).reshape(len(chunk), ids.shape[1], len(features))
-        codes[:, : run.first_position] = 0  # BOS is no example
-        counts += torch.bincount(ids[:, run.first_position:].flatten(), minlength=vocab).double()
-        for j, feature in enumerate(features):
-            feature_codes = codes[..., j]
-            totals[feature][0] += float(feature_codes.sum())
-            totals[feature][1] += int((feature_codes > 0).sum())
-            values, flat = feature_codes.flatten().topk(min(examples, feature_codes.numel()))
-            best[feature] += [(float(v), chunk[int(p) // ids.shape[1]], int(p) % ids.shape[1])
-                              for v, p in zip(values, flat) if v > 0]
-            best[feature] = sorted(best[feature], reverse=True)[:examples]
-    positions = float(counts.sum())
-    summary = {f: {"mean_code": totals[f][0] / positions, "active_share": totals[f][1] / positions} for f in features}
-    return best, counts, summary

@@ -143,6 +143,9 @@ class MeaningConfig(BehaviorConfig, SecondaryInput, ClampSettings):
     chunk_tokens: int = opt(10, "tokens of each example, ending at the max-activating token")
     interpreter: Interpreter = opt("none", "none: the token most often at the max-activating position, its share and "
                                            "lift")
+    feature_pages: bool = opt(False, "also write one HTML page per feature (its dashboard: top examples with the token "
+                                     "highlighted, activation density, logit lens or driving primaries) into "
+                                     "OUTPUT_DIR/features/")
 
 
 @dataclass

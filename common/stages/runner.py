@@ -12,8 +12,8 @@ from common.errors import UserError
 from common.paths import REPO_ROOT
 from common.stages.cli import ERROR_FILE_ENV
 from common.stages.launch import run_script, run_torchrun
-from common.stages.pipeline import BY_NAME, PipelineRun
-from common.stages.run_records import RUN_RECORDS, RunRecord, stage_identity
+from common.stages.pipeline import PipelineRun
+from common.stages.run_records import RunRecord, stage_identity
 
 log = logging.getLogger("reproduce")
 
@@ -71,25 +71,3 @@ def run_stage(stage: PipelineRun, argv: list[str], out_dir: Path, text_files: li
                         "are intact, re-run the same command to continue")
     return {**written, "skipped": False}
 
-
-def check_inputs_exist(stages: list[PipelineRun], out_dir: Path) -> None:
-    """With --stages, an input stage that is neither run now nor finished is refused before anything is written."""
-    chosen = {stage.name for stage in stages}
-    for stage in stages:
-        for folder in stage.input_dirs(out_dir):
-            if folder.name not in chosen and not (folder / BY_NAME[folder.name].done_file).is_file():
-                raise UserError(f"stage {stage.name} reads {folder}, which is not finished: add --stages "
-                                f"{folder.name} (or run it first)")
-
-
-def forget_empty_run(out_dir: Path, fresh: bool) -> None:
-    """After a failure, the records of stages that wrote nothing go, and so does a run folder this call created and
-    that holds nothing else: bad input leaves no trace."""
-    records = out_dir / RUN_RECORDS
-    for record in records.glob("*.json") if records.is_dir() else []:
-        if not (out_dir / record.stem).is_dir():
-            record.unlink()
-    if fresh and records.is_dir() and not any(records.iterdir()):
-        records.rmdir()
-    if fresh and out_dir.is_dir() and not any(out_dir.iterdir()):
-        out_dir.rmdir()

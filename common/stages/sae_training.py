@@ -8,6 +8,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
+from common.analysis.core_terms import sae_terms
 from common.data.activations import NormStats
 from common.data.batches import RowBatches
 from common.models.sae import TopKSAE
@@ -49,7 +50,9 @@ class SAETrainingStage(TrainedStage):
         final, window = metrics.compute(), metrics.per_window()
         write_firing_counts(run.out, metrics.firing, final["rows"])
         return {**{key: final[key] for key in FINAL_KEYS}, "l0_fraction": final["l0"] / best.num_features,
-                "evaluated_rows": final["rows"], "ci": sae_cis(window, best.d_model), "per_window": window}
+                "evaluated_rows": final["rows"], "ci": sae_cis(window, best.d_model), "per_window": window,
+                # SAEBench's core terms (METHOD §15), on the same held-out rows in raw units
+                "saebench_terms": sae_terms(best, self.val_rows, self.norm, run.rt.decode)}
 
     def print_table(self, metrics: dict[str, Any], out: Path) -> None:
         ci = metrics["ci"]["variance_explained"]

@@ -9,8 +9,9 @@ import pytest
 
 from common.errors import UserError
 from common.stages.pipeline import BY_NAME
+from common.stages.run_folder import check_inputs_exist, forget_empty_run
 from common.stages.run_records import RUN_RECORDS
-from common.stages.runner import check_inputs_exist, forget_empty_run, stage_argv
+from common.stages.runner import stage_argv
 
 RUN = Path("/runs/x")
 
