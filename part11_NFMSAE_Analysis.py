@@ -38,6 +38,16 @@ def cell_means_on(values: np.ndarray, stimuli: StimulusSet, texts: np.ndarray) -
     return np.stack([values[(stimuli.cell == c) & texts].mean(0) for c in range(len(CELLS))], axis=1)
 
 
+def omnibus_extremes(omnibus: dict[str, Any], eligible: np.ndarray) -> dict[str, Any]:
+    """The eligible feature the one-way omnibus ranks first over all texts, and the two it ranks last."""
+    usable = np.flatnonzero(eligible & np.isfinite(omnibus["F"]))
+    best = int(usable[np.argmax(omnibus["F"][usable])])
+    return {"by_omnibus_all_texts": {"feature": best, "F": float(omnibus["F"][best]), "p": float(omnibus["p"][best]),
+                                     "df": omnibus["df"]},
+            "counterexamples": [{"feature": int(i), "F": float(omnibus["F"][i]), "p": float(omnibus["p"][i])}
+                                for i in usable[np.argsort(omnibus["F"][usable])][:2]]}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = stage_config(SelectionConfig, __doc__, argv)
     earlier: dict[str, Any] = {}
@@ -66,11 +76,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise UserError(f"only {order.size} secondary features are eligible; need {1 + cfg.exploratory} "
                         f"(lower --min_active_texts or --exploratory)")
     target, exploratory = int(order[0]), [int(i) for i in order[1:1 + cfg.exploratory]]
-    omnibus_all = every["omnibus"]
-    usable = np.flatnonzero(eligible & np.isfinite(omnibus_all["F"]))
-    best_omnibus = int(usable[np.argmax(omnibus_all["F"][usable])])
-    counterexamples = [{"feature": int(i), "F": float(omnibus_all["F"][i]), "p": float(omnibus_all["p"][i])}
-                       for i in usable[np.argsort(omnibus_all["F"][usable])][:2]]
     primaries = sorted({row["feature"] for factor in ("formality", "emotion") for row in discovery[factor]["top"]})
     cell_means, cell_means_all = (cell_means_on(values, stimuli, mask)
                                   for mask in (stimuli.report, np.ones_like(stimuli.report)))
@@ -78,9 +83,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "analysis": ANALYSIS, **run.describe(), "stimuli": stimuli.record, "rank_by": cfg.rank_by,
         "features": int(values.shape[1]), "eligible_features": int(eligible.sum()),
         "target": target, "exploratory": exploratory, "ranked": tables,
-        "by_omnibus_all_texts": {"feature": best_omnibus, "F": float(omnibus_all["F"][best_omnibus]),
-                                 "p": float(omnibus_all["p"][best_omnibus]), "df": omnibus_all["df"]},
-        "counterexamples": counterexamples,
+        **omnibus_extremes(every["omnibus"], eligible),
         "target_cell_means": dict(zip(CELLS, cell_means[target].tolist())),
         "target_cell_means_texts": "held out: the texts the target was not chosen on (all texts under --split none)",
         "target_cell_means_all_texts": dict(zip(CELLS, cell_means_all[target].tolist())),

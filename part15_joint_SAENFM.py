@@ -51,9 +51,8 @@ class Stage5(TrainedStage):
         cfg, inputs = self.cfg, []
         self.sae1 = self.sequential = None
         if cfg.sae1_model_path:
-            sae, norm, source = load_sae(cfg.sae1_model_path)
-            self.sae1 = (sae, norm, source)
-            inputs.append(source)
+            self.sae1 = load_sae(cfg.sae1_model_path)
+            inputs.append(self.sae1[2])
         if cfg.nfm_model_path:  # the sequential pipeline's gain, printed beside the joint one
             self.sequential = open_input(cfg.nfm_model_path, "--nfm_model_path", ("nfm",))
             if "error_reduction_val" not in self.sequential.metrics():
