@@ -15,10 +15,11 @@ from common.models.ablations import remove_interaction
 from common.models.joint import JointSAENFM
 from common.models.loading import StageInput
 from common.stages.cli import run_cli
-from common.stages.controls import load_reference, reference_errors, rows_per_window
+from common.stages.controls import load_reference, reference_errors, verdict_text
 from common.stages.trained import StageData, StageRun
 from common.training.metrics import EVAL_BATCH_ROWS
-from common.training.window_errors import joint_row_errors, mse_ci, reduction_ci, window_sums
+from common.training.window_cis import reduction_ci, rows_per_window
+from common.training.window_errors import joint_row_errors, mse_ci, window_sums
 from part15_joint_SAENFM import Stage5
 
 RULE = "1 − MSE(joint) / MSE(linear-only joint): 95% CI above 0"
@@ -68,8 +69,7 @@ class JointLinear(Stage5):
         control = metrics["control"]
         verdict = control["verdict"]
         print(f"joint without its interaction pathway: MSE {control['linear_only_mse']['estimate']:.4f}, joint "
-              f"{control['joint_mse']['estimate']:.4f}: {100 * verdict['estimate']:.2f}% [{100 * verdict['low']:.2f}, "
-              f"{100 * verdict['high']:.2f}] 95% CI: {RULE}: {'holds' if control['holds'] else 'fails'}")
+              f"{control['joint_mse']['estimate']:.4f}: {verdict_text(verdict, RULE, control['holds'])}")
 
 
 def main(argv: list[str] | None = None) -> dict:

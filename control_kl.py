@@ -23,7 +23,7 @@ from common.models.settings import trained_settings
 from common.stages.cli import run_cli
 from common.stages.kl import KLStage, check_kl_settings, run_kl_stage
 from common.stages.opening import stage_config
-from common.training.window_errors import reduction_ci
+from common.training.window_cis import reduction_ci
 
 CONDITIONS = {"sae": "control SAE", "joint_full": "joint full", "joint_sae": "joint SAE part"}
 RULE = "1 − KL(joint full) / KL(control SAE) on the same windows: 95% CI above 0 (the joint model beats it)"

@@ -21,13 +21,15 @@ from common.models.ablations import remove_interaction
 from common.models.loading import StageInput, check_nfm_on_sae, load_nfm
 from common.models.nfm import NFM
 from common.stages.cli import run_cli
+from common.stages.controls import verdict_text
 from common.stages.trained import StageData, StageRun
 from common.store.reads import load_json
 from common.store.stage_files import RESULTS_FILE
 from common.training.metrics import EVAL_BATCH_ROWS
 from common.training.nfm_objective import SAECodes, evaluate_nfm
 from common.training.ridge_map import RIDGE_FILE, RidgeMap
-from common.training.window_errors import gain_difference_ci, nfm_row_errors, reduction_ci, row_sse, window_sums
+from common.training.window_cis import reduction_ci
+from common.training.window_errors import gain_difference_ci, nfm_row_errors, row_sse, window_sums
 from part2d_residual_NFM_streaming import Stage2
 
 SHUFFLE_SEED = 7_919  # + 1,000 x --seed + chunk: the generator of each chunk's permutation (−1: the held-out rows)
@@ -136,8 +138,7 @@ class NFMControl(Stage2):
         print(f"control NFM ({control['target']}, {control['pathways']} pathways): held-out reduction "
               f"{100 * control['reduction']['estimate']:.2f}% (stage-2 NFM "
               f"{100 * control['reference_reduction']['estimate']:.2f}%); verdict figure "
-              f"{100 * verdict['estimate']:.2f} [{100 * verdict['low']:.2f}, {100 * verdict['high']:.2f}] 95% CI: "
-              f"{control['rule']}: {'holds' if control['holds'] else 'fails'} -> {out}")
+              f"{verdict_text(verdict, control['rule'], control['holds'])} -> {out}")
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -38,7 +38,8 @@ from common.store.fingerprints import git_commit
 from common.store.lock import OutputDir
 from common.training.nfm_objective import SAECodes, evaluate_nfm, nfm_loss, sae_codes
 from common.training.trainer import Trainer
-from common.training.window_errors import nfm_row_errors, reduction_ci, row_sse, window_sums
+from common.training.window_cis import reduction_ci
+from common.training.window_errors import nfm_row_errors, row_sse, window_sums
 
 ROUNDING = 1e-6  # a gain smaller than this is float rounding, recorded as 0
 BLOCKS = 100  # bootstrap units: the held-out rows (independent) in this many blocks of equal size

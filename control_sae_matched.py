@@ -19,11 +19,12 @@ from common.models.joint import JointSAENFM, unique_parameter_counts
 from common.models.loading import StageInput
 from common.models.sae import TopKSAE
 from common.stages.cli import run_cli
-from common.stages.controls import load_reference, reference_errors, rows_per_window
+from common.stages.controls import load_reference, reference_errors, verdict_text
 from common.stages.trained import StageData, StageRun
 from common.training.metrics import EVAL_BATCH_ROWS
 from common.training.sae_objective import FINAL_KEYS, evaluate_sae
-from common.training.window_errors import mse_ci, reduction_ci, sae_row_errors, window_sums
+from common.training.window_cis import reduction_ci, rows_per_window
+from common.training.window_errors import mse_ci, sae_row_errors, window_sums
 from part15_joint_SAENFM import Stage5
 
 RULE = "1 − MSE(joint) / MSE(this SAE) on the same held-out rows: 95% CI above 0 (the joint model beats it)"
@@ -93,8 +94,7 @@ class SAEControl(Stage5):
         print(f"{self.title()}: variance explained {metrics['variance_explained']:.4f}, MSE "
               f"{control['mse']['estimate']:.4f} (joint {control['joint_mse']['estimate']:.4f}); "
               f"{metrics['parameters']['this_sae']:,} parameters (joint {metrics['parameters']['joint']:,}); "
-              f"joint's gain {100 * verdict['estimate']:.2f}% [{100 * verdict['low']:.2f}, "
-              f"{100 * verdict['high']:.2f}] 95% CI: {RULE}: {'holds' if control['holds'] else 'fails'} -> {out}")
+              f"joint's gain {verdict_text(verdict, RULE, control['holds'])} -> {out}")
 
 
 def main(argv: list[str] | None = None) -> dict:

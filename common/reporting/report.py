@@ -24,13 +24,13 @@ STAGE_FILES = {name: f"{name}/{run.done_file}" for name, run in BY_NAME.items()}
 MAIN_JOB = tuple(run.name for run in PIPELINE)
 
 
-def format_value(value: Any, kind: str) -> str:
+def format_value(value: Any, kind: str, pct_digits: int = 1) -> str:
     if value is None:  # a figure the stage could not compute (e.g. never-moved features without firing counts)
         return "—"
     if isinstance(value, bool) or kind == "bool":
         return "yes" if value else "no"
     if kind == "pct":
-        return f"{100 * value:.1f}%"
+        return f"{100 * value:.{pct_digits}f}%"
     if kind == "int":
         return f"{int(value):,}"
     return f"{value:.4g}"

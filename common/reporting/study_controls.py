@@ -12,7 +12,7 @@ from common.kl.summary import PER_POSITION_FILE
 from common.kl.windows import window_totals
 from common.reporting.study_plan import Run
 from common.reporting.study_tables import Runs, pct
-from common.training.window_errors import reduction_ci
+from common.training.window_cis import reduction_ci
 
 VARIANT = "controls"
 STAGES = ("nfm_linear", "nfm_shuffled", "nfm_beyond_ridge", "joint_linear", "sae_matched", "sae_untied",

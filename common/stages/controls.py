@@ -2,7 +2,7 @@
 same stage-1 normalization, and its squared errors per held-out window."""
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -16,6 +16,7 @@ from common.models.loading import StageInput, load_joint
 from common.models.sae import TopKSAE
 from common.runtime.context import Runtime
 from common.training.metrics import EVAL_BATCH_ROWS
+from common.training.window_cis import rows_per_window
 from common.training.window_errors import joint_row_errors, window_sums
 
 
@@ -40,11 +41,13 @@ def load_reference(stage: ComparedStage, path: str) -> tuple[JointSAENFM, StageI
     return joint, source
 
 
-def rows_per_window(cfg: JointConfig) -> int:
-    return cfg.window - int(cfg.exclude_first_position)
-
-
 def reference_errors(stage: ComparedStage, joint: JointSAENFM, rt: Runtime) -> dict[str, np.ndarray]:
     """The joint model's squared errors per held-out window: ``full``, ``sae_part``, ``sae_plus_linear``."""
     errors = joint_row_errors(joint.to(rt.device).eval(), stage.val_rows, stage.norm, rt.decode, EVAL_BATCH_ROWS)
     return {name: window_sums(values, rows_per_window(stage.cfg)) for name, values in errors.items()}
+
+
+def verdict_text(verdict: dict[str, Any], rule: str, holds: bool) -> str:
+    """A control's verdict figure with its 95% CI, its rule and whether it holds, as the scripts print it."""
+    return (f"{100 * verdict['estimate']:.2f}% [{100 * verdict['low']:.2f}, {100 * verdict['high']:.2f}] 95% CI: "
+            f"{rule}: {'holds' if holds else 'fails'}")

@@ -92,6 +92,8 @@ def open_stage(cfg: LMStageConfig, read_inputs: Callable[[], InputsT],
         raise UserError(f"--original_eval reads and patches the residual one block later, at layer {patch_layer}, but "
                         f"this {lm.num_layers}-block model's last patchable layer is {lm.num_layers - 1}")
     return Opened(out, rt, lm, record, patch_layer), inputs
+
+
 def start_output_dir(out: OutputDir, cfg: TrainedStageConfig | KLConfig, record: dict[str, Any], stage: str,
                      extra: dict[str, Any] | None = None) -> dict:
     """Write ``config.json``; on --resume first check that the run is the same one (settings, model, inputs, text).
@@ -127,8 +129,10 @@ def resume_differences(previous: dict[str, Any], current: dict[str, Any], cfg: C
     compared on the rest."""
     where = {f.name for f in dataclasses.fields(cfg) if f.metadata.get("input") or f.metadata.get("output")}
     ignored = RESUMABLE_CHANGES | where
+    # A setting added after the run started is absent from its record: it ran as that setting's default does.
+    earlier = {**_defaults(cfg), **previous["config"]}
     changed = sorted(key for key in set(previous["config"]) | set(current["config"])
-                     if key not in ignored and previous["config"].get(key) != current["config"].get(key))
+                     if key not in ignored and earlier.get(key) != current["config"].get(key))
     if previous.get("model_fingerprint") != current.get("model_fingerprint"):
         changed.append("the model")
     before, now = _input_fingerprints(previous), _input_fingerprints(current)
@@ -139,6 +143,12 @@ def resume_differences(previous: dict[str, Any], current: dict[str, Any], cfg: C
             if old is not None and new is not None and old != new:
                 changed.append(what)
     return changed
+
+
+def _defaults(cfg: Config) -> dict[str, Any]:
+    return {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+            for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING
+            or f.default_factory is not dataclasses.MISSING}
 
 
 def _input_fingerprints(config: dict[str, Any]) -> dict[str, str]:

@@ -39,11 +39,12 @@ def mse_ci(window: dict[str, list[float]], width: int, level: float = CI_LEVEL) 
     return window_bootstrap(columns, ratio_of_sums, level) if _enough(columns[0]) else None
 
 
-def reduction_ci(condition_sse: list[float], reference_sse: list[float],
-                 level: float = CI_LEVEL) -> dict[str, Any] | None:
-    """1 − Σ condition / Σ reference over the same resampled windows: an error reduction against a reference."""
+def reduction_ci(condition_sse: list[float] | np.ndarray, reference_sse: list[float] | np.ndarray,
+                 level: float = CI_LEVEL, seed: int = 0) -> dict[str, Any] | None:
+    """1 − Σ condition / Σ reference over the same resampled windows: an error reduction against a reference (or one
+    model's gain over another's error)."""
     columns = _columns(condition_sse, reference_sse)
-    return window_bootstrap(columns, reduction_of_sums, level) if _enough(columns[0]) else None
+    return window_bootstrap(columns, reduction_of_sums, level, seed=seed) if _enough(columns[0]) else None
 
 
 def sae_cis(window: dict[str, list[float]], width: int) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from common.data.activations import NormStats
 from common.models.joint import JointSAENFM
 from common.models.nfm import NFM
 from common.models.sae import TopKSAE
-from common.stats import reduction_of_sums, window_bootstrap
+from common.stats import window_bootstrap
 from common.training.nfm_objective import SAECodes
 
 
@@ -81,11 +81,6 @@ def nfm_row_errors(nfm: NFM, codes: SAECodes, decode: str, batch_size: int) -> d
 def _gain_difference(after_a: np.ndarray, after_b: np.ndarray, before: np.ndarray, axis: int = -1) -> np.ndarray:
     """(Σ after_b − Σ after_a) / Σ before: how much more of ``before`` model a removes than model b."""
     return (np.sum(after_b, axis=axis) - np.sum(after_a, axis=axis)) / np.sum(before, axis=axis)
-
-
-def reduction_ci(after: np.ndarray, before: np.ndarray, level: float = 0.95, seed: int = 0) -> dict[str, Any]:
-    """1 − Σ after / Σ before (an error reduction, or one model's gain over another's error) with its CI."""
-    return window_bootstrap((after, before), reduction_of_sums, level=level, seed=seed)
 
 
 def gain_difference_ci(after_a: np.ndarray, after_b: np.ndarray, before: np.ndarray, level: float = 0.95,

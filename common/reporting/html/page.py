@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from common.reporting.report import format_value
+
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 1.5em auto; max-width: 1180px; color: #1d2330; padding: 0 1em; }
 h1 { font-size: 1.7em; } h2 { border-bottom: 1px solid #d5dae3; padding-bottom: .2em; margin-top: 1.8em; }
@@ -38,16 +40,10 @@ def esc(value: Any) -> str:
 
 
 def number_text(value: float | int | None, kind: str = "num") -> str:
-    """A figure as the page shows it: a percent, an integer with separators, or four significant digits."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "—" if value is None else str(value)
-    if isinstance(value, bool) or kind == "bool":
-        return "yes" if value else "no"
-    if kind == "pct":
-        return f"{100 * value:.2f}%"
-    if kind == "int":
-        return f"{int(value):,}"
-    return f"{value:.4g}"
+    """A figure as the page shows it: a percent to two decimals, else as REPORT.md shows it; a non-finite one as is."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return format_value(value, kind, pct_digits=2)
 
 
 def num(value: float | int | None, source: str, kind: str = "num") -> str:

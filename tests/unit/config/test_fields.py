@@ -111,9 +111,9 @@ def test_none_and_every_allowed_value_pass():
 
 def test_opt_records_help_and_aliases_and_gives_each_config_its_own_list():
     first, second = ClampConfig(), ClampConfig()
-    assert first.multipliers == [-4.0, 0.0, 4.0]
+    assert first.multipliers == [-4.0, -2.0, 0.0, 2.0, 4.0]  # the original's -4, 0, 4 and a dose between
     first.multipliers.append(9.0)
-    assert second.multipliers == [-4.0, 0.0, 4.0]
+    assert second.multipliers == [-4.0, -2.0, 0.0, 2.0, 4.0]
     declared = {f.name: f for f in dataclasses.fields(NFMConfig)}
     assert declared["nfm_embed_dim"].metadata["aliases"] == ("--nfm_k",)
     assert declared["nfm_embed_dim"].metadata["help"] == "NFM embedding dimension k"

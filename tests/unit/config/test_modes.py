@@ -30,7 +30,9 @@ def offered_choices(cls: type) -> dict[str, tuple | None]:
 
 def test_the_modes_are_the_ones_the_method_names():
     assert set(MODES) == {"Preset", "Precision", "Decode", "Schedule", "StimulusSplit", "Patch", "ClampMode",
-                          "RankBy", "Pathway", "WordList", "Interpreter", "ExportFormat"}
+                          "RankBy", "Pathway", "WordList", "Interpreter", "ExportFormat", "NFMTarget",
+                          "NFMPathways"}
+    assert typing.get_args(modes.NFMTarget) == ("residual", "beyond_ridge", "shuffled")  # METHOD §14's controls
     assert typing.get_args(modes.Precision) == ("auto", "fp32", "bf16", "faithful-fp16")
     assert typing.get_args(modes.Decode) == ("auto", "dense", "sparse")
     for name, mode in MODES.items():

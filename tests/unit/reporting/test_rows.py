@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from common.errors import UserError
 from common.paper import PAPER
 from common.registry import STAGES, pipeline_runs, stage_of
 from common.reporting.rows import ROWS, Row
@@ -76,32 +77,62 @@ def test_a_row_reads_its_stage_from_its_source():
     assert Row("clamp_linear:by_word.F", "n").stage == "clamp_linear"
 
 
-def test_the_sequential_kl_rows_read_their_paired_tests():
+def sources_read_without_intervals(row: Row) -> set[str]:
+    """The sources a rule reads on a directory written before the KL stages stored intervals (no ``ci99`` there)."""
+    read: list[str] = []
+
+    def record(source: str) -> Probe:
+        read.append(source)
+        if ".ci99." in source:
+            raise UserError(f"{source}: no such key")
+        return Probe(0.001)
+
+    row.rule.check(Probe(0.002), record)
+    return set(read)
+
+
+def test_the_kl_rows_read_their_99_percent_intervals_and_fall_back_to_the_paired_tests():
     by_name = {row.name: row for row in ROWS}
     full = by_name["KL reduction, SAE + full NFM"]
     assert full.source == "kl14:conditions.sae_nfm.kl_reduction" and full.original
-    assert sources_read(full) == {"kl14:conditions.sae_nfm.tests.kl_reference_minus_condition.paired"}
+    assert full.ci == "kl14:conditions.sae_nfm.ci99.kl_reduction"
+    assert sources_read(full) == {"kl14:conditions.sae_nfm.ci99.kl_reduction"}
+    assert sources_read_without_intervals(full) == {"kl14:conditions.sae_nfm.ci99.kl_reduction",
+                                                    "kl14:conditions.sae_nfm.tests.kl_reference_minus_condition.paired"}
     ce = by_name["CE (next token) reduction, joint linear only"]
     assert ce.source == "kl18:conditions.joint_linear.ce_next_reduction"
-    assert sources_read(ce) == {"kl18:conditions.joint_linear.tests.ce_next_reference_minus_condition.paired"}
+    assert sources_read(ce) == {"kl18:conditions.joint_linear.ci99.ce_next_reduction"}
+    assert "kl18:conditions.joint_linear.tests.ce_next_reference_minus_condition.paired" in \
+        sources_read_without_intervals(ce)
     joint = by_name["KL reduction, joint full"]
-    assert sources_read(joint) == {"kl18:conditions.joint_full.tests.kl_reference_minus_condition.paired",
+    assert sources_read(joint) == {"kl18:conditions.joint_full.ci99.kl_reduction",
                                    "kl14:conditions.sae_nfm.kl_reduction"}
-    assert joint.rule.text == "reduction > 0 with paired p < 0.01, and above the sequential SAE + NFM reduction"
+    assert joint.rule.text == ("reduction > 0: its 99% CI over windows excludes 0 (older runs: paired p < 0.01), "
+                               "and above the sequential SAE + NFM reduction")
+    ratio = by_name["SAE KL / ε-random KL"]
+    assert sources_read(ratio) == {"kl14:conditions.sae.ci99.kl_ratio_eps_random"}
 
 
 def test_the_squared_norm_rows_sit_in_their_own_section():
     squared = [row.name for row in ROWS if row.section == "Squared norms (part16)"]
-    assert squared == ["standalone SAE bimodal", "joint SAE bimodal", "joint mixture: low mode mean",
-                       "joint mixture: high mode mean"]
+    assert squared == ["standalone SAE bimodal", "joint SAE bimodal",
+                       "standalone features that never moved (set apart)",
+                       "joint features that never moved (set apart)",
+                       "joint mixture: low mode mean (a description)", "joint mixture: high mode mean (a description)"]
 
 
-def test_the_bimodal_share_rows_hold_low_above_high_but_for_the_residual():
-    rules = {row.name: row.rule.text for row in ROWS if row.source.startswith("bimodal:shares.") and row.rule}
-    assert rules == {"interaction share, squared norm ≥ split": "low > high with Student p < 0.01",
-                     "linear share, squared norm ≥ split": "low > high with Student p < 0.01",
-                     "nonlinear share, squared norm ≥ split": "low > high with Student p < 0.01",
-                     "residual share, squared norm ≥ split": "low < high with Student p < 0.01"}
+def test_the_bimodal_share_rows_hold_low_above_high_against_the_untrained_control_but_for_the_residual():
+    rules = {row.name: row.rule.text for row in ROWS if row.source.startswith("bimodal:") and row.rule}
+    shares = ("interaction", "linear", "nonlinear")
+    assert rules == {**{f"{share} share, low − high: trained minus untrained control": "99% CI above 0"
+                        for share in shares},
+                     "residual share, low − high: trained minus untrained control": "99% CI below 0",
+                     **{f"Spearman r, squared norm vs {share} share (moved, active)":
+                        "below the untrained control's r (99% CI of the difference)" for share in shares},
+                     "Spearman r, squared norm vs residual share (moved, active)":
+                         "above the untrained control's r (99% CI of the difference)"}
+    residual = next(row for row in ROWS if row.name.startswith("residual share, low − high"))
+    assert residual.complement_of == "bimodal:controlled.difference_of_differences.interaction.estimate"
 
 
 def test_a_duplicate_or_a_stray_source_is_caught():

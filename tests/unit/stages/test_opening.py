@@ -193,5 +193,9 @@ def test_what_an_older_directory_did_not_record_is_not_a_difference():
     assert resume_differences(older, record(), CFG) == []
     assert resume_differences(record(), older, CFG) == []
     gone = record()
-    del gone["config"]["dropout"]  # a setting the older version did not have is a difference
-    assert resume_differences(gone, record(), CFG) == ["dropout"]
+    del gone["config"]["adam_flush_fp16_underflow"]  # added later: the older run ran as its default (off) does
+    assert resume_differences(gone, record(), CFG) == []
+    assert resume_differences(gone, record(adam_flush_fp16_underflow=True), CFG) == ["adam_flush_fp16_underflow"]
+    del gone["config"]["dropout"]  # NFMConfig's default is 0.15: resumed with another dropout, it is another run
+    assert resume_differences(gone, record(dropout=0.15), CFG) == []
+    assert resume_differences(gone, record(dropout=0.1), CFG) == ["dropout"]

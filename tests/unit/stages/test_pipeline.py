@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.registry import pipeline_runs
+from common.registry import all_runs, pipeline_runs
 from common.stages.pipeline import BY_NAME, PIPELINE
 
 RUN = Path("/runs/cpu")
@@ -38,7 +38,7 @@ def test_the_original_selection_reads_the_original_discovery_and_says_original_e
 def test_the_linear_control_and_the_analyses():
     assert BY_NAME["clamp_linear"].argv(Path("r")) == [
         "--sae1_model_path", "r/sae1", "--nfm_model_path", "r/nfm", "--interaction_sae_path", "r/sae2",
-        "--selection_dir", "r/selection", "--pathway", "linear"]
+        "--selection_dir", "r/selection", "--pathway", "linear", "--null_features", "0", "--null_directions", "0"]
     bimodal = BY_NAME["bimodal"]
     assert bimodal.argv(RUN) == ["--joint_model_path", "/runs/cpu/joint", "--orthogonality_dir", "/runs/cpu/ortho"]
     assert (bimodal.uses_lm, bimodal.done_file, bimodal.text) == (False, "results.json", None)
@@ -48,4 +48,8 @@ def test_the_linear_control_and_the_analyses():
 
 def test_the_pipeline_is_the_registrys_runs_in_order():
     assert [(run.stage, run.run) for run in PIPELINE] == pipeline_runs()
-    assert list(BY_NAME) == [run.name for run in PIPELINE]
+    # BY_NAME also names the runs only study.py runs (the controls of METHOD §14), each beside its stage's
+    main_job = [run.name for run in PIPELINE]
+    assert [name for name in BY_NAME if name in main_job] == main_job
+    assert set(BY_NAME) - {run.name for run in PIPELINE} == {run.name for _, run in all_runs() if not run.in_main_job}
+    assert "nfm_shuffled" in BY_NAME and "nfm_shuffled" not in {run.name for run in PIPELINE}

@@ -9,12 +9,12 @@ from common.models.joint import JointSAENFM, joint_reference
 from common.models.nfm import NFM, nfm_reference
 from common.models.sae import TopKSAE, sae_reference
 from common.training.nfm_objective import SAECodes
+from common.training.window_cis import reduction_ci
 from common.training.window_errors import (
     gain_difference_ci,
     joint_row_errors,
     mse_ci,
     nfm_row_errors,
-    reduction_ci,
     sae_row_errors,
     window_sums,
 )
