@@ -9,12 +9,15 @@ per-row functions, which return NumPy arrays (one entry per feature or row).
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 from scipy import stats
 from statsmodels.formula.api import ols
 from statsmodels.stats.anova import AnovaRM, anova_lm
 from statsmodels.stats.multitest import multipletests
+from statsmodels.tools.sm_exceptions import ValueWarning
 
 from common.behavior.stimuli import CELLS, EMOTION, FORMALITY
 
@@ -69,7 +72,12 @@ def _anova_row(table: pd.DataFrame, term: str, df_resid: float) -> dict:
 
 def _ols_2x2(frame: pd.DataFrame, formula: str, formality_diff: float, emotion_diff: float) -> dict:
     fit = ols(formula, data=frame).fit()
-    table = anova_lm(fit, typ=2)
+    with warnings.catch_warnings():
+        # A Δ without residual variance (a clamp that changes nothing, e.g. a feature silent on every prompt clamped to
+        # 0) has F = NaN, and statsmodels warns for each such feature × multiplier: hundreds of lines at the cpu
+        # preset that say nothing the NaN does not.
+        warnings.simplefilter("ignore", (ValueWarning, RuntimeWarning))
+        table = anova_lm(fit, typ=2)
     result = _anova_row(table, INTERACTION_TERM, fit.df_resid)
     result["formality"] = {**_anova_row(table, "C(formality)", fit.df_resid), "mean_diff": formality_diff}
     result["emotion"] = {**_anova_row(table, "C(emotion)", fit.df_resid), "mean_diff": emotion_diff}

@@ -1,4 +1,6 @@
 """The behavioral statistics (SPEC §10) against statsmodels and scipy run here directly, and hand computations."""
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -266,3 +268,10 @@ def test_bad_delta_shape_is_refused():
         logit_2x2(np.zeros((5, 4, 8)))
     with pytest.raises(ValueError, match="non-finite"):
         by_word(np.full((5, 2, 2, 8), np.nan))
+
+
+def test_a_clamp_that_changes_nothing_gives_nan_without_a_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = by_word(np.zeros((3, 2, 2, 4)))
+    assert np.isnan(result["F"]) and np.isnan(result["p"])
