@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import UserError
-from common.reporting.report import format_ci, format_value
+from common.reporting.report import format_ci, format_value, table_cell
 from common.stages.cli import run_cli
 from common.store.reads import load_json
 from common.store.savers import atomic_save_text
@@ -59,7 +59,7 @@ def glance(report: dict[str, Any], report_path: str, figure: str | None) -> str:
         if row.get("ci"):
             value += f" {format_ci(row['ci'], row['kind'], level=True)}"
         cells = (row["section"], row["name"], row.get("paper", ""), value, row.get("rule", ""), _verdict(row))
-        lines.append("| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |")
+        lines.append("| " + " | ".join(table_cell(str(cell)) for cell in cells) + " |")
     seconds = header.get("stage_seconds", {})
     if seconds:
         lines += ["", f"The run's {len(seconds)} stages took {sum(seconds.values()) / 60:.0f} minutes "

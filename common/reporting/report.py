@@ -235,11 +235,11 @@ def _markdown_row(row: dict[str, Any]) -> str:
     holds = "" if "holds" not in row else ("yes" if row["holds"] else "**no**")
     if "holds_original" in row:
         holds += f" / {'yes' if row['holds_original'] else '**no**'}"
-    return (f"| {_cell(row['name'])} | {_cell(row['paper'])} | {format_value(row['value'], kind)} "
-            f"| {ci} | {original} | {_cell(row['rule'])} | {holds} | `{row['source']}` |")
+    return (f"| {table_cell(row['name'])} | {table_cell(row['paper'])} | {format_value(row['value'], kind)} "
+            f"| {ci} | {original} | {table_cell(row['rule'])} | {holds} | `{row['source']}` |")
 
 
-def _cell(text: str) -> str:
+def table_cell(text: str) -> str:
     """Text in a Markdown table cell: a "|" of its own (|cosine|, |output|) would end the cell."""
     return text.replace("|", "\\|")
 

@@ -105,14 +105,19 @@ def _pathology_finding(section: dict[str, Any]) -> str:
     def listed(cases: list, wanted: bool) -> str:
         return ", ".join(f"{text} ({ratio}x)" for text, holds, ratio in cases if holds is wanted) or "none"
 
+    def split(cases: list) -> str:
+        """"for A, and not for B", each side left out where it names no SAE."""
+        sides = [f"{'' if wanted else 'not '}for {listed(cases, wanted)}" for wanted in (True, False)
+                 if any(holds is wanted for _, holds, _ in cases)]
+        return ", and ".join(sides) or "for no SAE tested"
+
     above_trained, above_original = [c for c in trained if c[1]], [c for c in original if c[1]]
     missing = ", ".join(dict.fromkeys(text for text, holds, _ in trained + original if holds is None))
     verdict = ("appears as trained too, not only on the original's mismatched evaluation" if above_trained else
                "appears only on the original's mismatched evaluation among the SAEs tested" if above_original else
                "appears in neither evaluation")
     return (f"Evaluated as trained, an SAE's KL is above that of an ε-random error of its own norm (REPORT.md's "
-            f"rule) for {listed(trained, True)}, and not for {listed(trained, False)}; under the original's "
-            f"evaluation for {listed(original, True)}, and not for {listed(original, False)}"
+            f"rule) {split(trained)}; under the original's evaluation {split(original)}"
             + (f" (not run: {missing})" if missing else "") + f". The > 1 pathology {verdict}.")
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from common.errors import UserError
 from common.paths import portable
+from common.reporting.report import table_cell
 from common.reporting.study_bimodality import bimodality_lines
 from common.reporting.study_questions import QUESTIONS
 from common.reporting.study_regime import summary_lines
@@ -51,7 +52,7 @@ def _table_lines(section: dict[str, Any]) -> list[str]:
             cells.append(render(cell["value"], row["kind"]))
             if cell["command"]:
                 commands[cell["source"].split(":", 1)[0]] = cell["command"]
-        lines.append(f"| {row['name']} | {row['paper']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {table_cell(row['name'])} | {table_cell(row['paper'])} | " + " | ".join(cells) + " |")
     if "summary" in section:
         lines += ["", *summary_lines(section["summary"])]
     if "rule" in section:
@@ -68,8 +69,9 @@ def _seed_lines(section: dict[str, Any]) -> list[str]:
         spread = "" if row["mean"] is None else (f"{render(row['mean'], row['kind'])} ± "
                                                  f"{render(row['sd'], row['kind'])}")
         held = "" if row["holds_count"] is None else f"{row['holds_count']}/{len(seeds)}"
-        lines.append(f"| {row['name']} | {row['paper']} | " + " | ".join(render(v, row["kind"]) for v in row["values"])
-                     + f" | {spread} | {row['rule']} | {held} |")
+        lines.append(f"| {table_cell(row['name'])} | {table_cell(row['paper'])} | "
+                     + " | ".join(render(v, row["kind"]) for v in row["values"])
+                     + f" | {spread} | {table_cell(row['rule'])} | {held} |")
     lines += ["", *claim_lines(section), "", "Commands:", ""]
     lines += [f"- `{variant}/{stage}`: `{command}`" for variant, by_stage in section["commands"].items()
               for stage, command in by_stage.items() if command]
