@@ -18,8 +18,8 @@ from common.stages.cli import run_cli
 from common.stages.controls import load_reference, reference_errors, verdict_text
 from common.stages.trained import StageData, StageRun
 from common.training.metrics import EVAL_BATCH_ROWS
-from common.training.window_cis import reduction_ci, rows_per_window
-from common.training.window_errors import joint_row_errors, mse_ci, window_sums
+from common.training.window_cis import mse_ci, reduction_ci, rows_per_window
+from common.training.window_errors import joint_row_errors, window_sums
 from part15_joint_SAENFM import Stage5
 
 RULE = "1 − MSE(joint) / MSE(linear-only joint): 95% CI above 0"
@@ -53,12 +53,12 @@ class JointLinear(Stage5):
         mine = joint_row_errors(best, self.val_rows, self.norm, run.rt.decode, EVAL_BATCH_ROWS)
         linear_only = window_sums(mine["full"], rows_per_window(self.cfg))
         reference = reference_errors(self, self.reference, run.rt)
-        per_value = rows_per_window(self.cfg) * self.val_rows.shape[1]
+        rows, width = rows_per_window(self.cfg), self.val_rows.shape[1]
         verdict = reduction_ci(reference["full"], linear_only, seed=self.cfg.seed)
         metrics["control"] = {
             "rule": RULE, "verdict": verdict, "holds": bool(verdict["low"] > 0),
-            "linear_only_mse": mse_ci(linear_only, per_value, seed=self.cfg.seed),
-            "joint_mse": mse_ci(reference["full"], per_value, seed=self.cfg.seed),
+            "linear_only_mse": mse_ci(linear_only, rows, width, seed=self.cfg.seed),
+            "joint_mse": mse_ci(reference["full"], rows, width, seed=self.cfg.seed),
             "joint_interaction_contribution": reduction_ci(reference["full"], reference["sae_plus_linear"],
                                                            seed=self.cfg.seed),
         }

@@ -28,8 +28,8 @@ from common.store.stage_files import RESULTS_FILE
 from common.training.metrics import EVAL_BATCH_ROWS
 from common.training.nfm_objective import SAECodes, evaluate_nfm
 from common.training.ridge_map import RIDGE_FILE, RidgeMap
-from common.training.window_cis import reduction_ci
-from common.training.window_errors import gain_difference_ci, nfm_row_errors, row_sse, window_sums
+from common.training.window_cis import gain_difference_ci, reduction_ci
+from common.training.window_errors import nfm_row_errors, row_sse, window_sums
 from part2d_residual_NFM_streaming import Stage2
 
 SHUFFLE_SEED = 7_919  # + 1,000 x --seed + chunk: the generator of each chunk's permutation (−1: the held-out rows)

@@ -32,8 +32,8 @@ from common.store.fingerprints import git_commit
 from common.training.metrics import EVAL_BATCH_ROWS
 from common.training.nfm_objective import SAECodes, sae_codes
 from common.training.ridge_map import RIDGE_FILE, RidgeMap, choose_alpha, fit_ridge
-from common.training.window_cis import reduction_ci
-from common.training.window_errors import gain_difference_ci, nfm_row_errors, row_sse, window_sums
+from common.training.window_cis import gain_difference_ci, reduction_ci
+from common.training.window_errors import nfm_row_errors, row_sse, window_sums
 
 log = logging.getLogger("control_ridge")
 RULE = "the NFM's reduction above the ridge map's: the 95% CI of the difference above 0"

@@ -23,8 +23,8 @@ from common.stages.controls import load_reference, reference_errors, verdict_tex
 from common.stages.trained import StageData, StageRun
 from common.training.metrics import EVAL_BATCH_ROWS
 from common.training.sae_objective import FINAL_KEYS, evaluate_sae
-from common.training.window_cis import reduction_ci, rows_per_window
-from common.training.window_errors import mse_ci, sae_row_errors, window_sums
+from common.training.window_cis import mse_ci, reduction_ci, rows_per_window
+from common.training.window_errors import sae_row_errors, window_sums
 from part15_joint_SAENFM import Stage5
 
 RULE = "1 − MSE(joint) / MSE(this SAE) on the same held-out rows: 95% CI above 0 (the joint model beats it)"
@@ -78,15 +78,15 @@ class SAEControl(Stage5):
         mine = window_sums(sae_row_errors(best, self.val_rows, self.norm, run.rt.decode, EVAL_BATCH_ROWS),
                            rows_per_window(cfg))
         joint = reference_errors(self, self.reference, run.rt)["full"]
-        per_value = rows_per_window(cfg) * self.val_rows.shape[1]
+        rows, width = rows_per_window(cfg), self.val_rows.shape[1]
         verdict = reduction_ci(joint, mine, seed=cfg.seed)
         parameters = {"this_sae": sum(p.numel() for p in best.parameters()),
                       "joint": sum(unique_parameter_counts(self.reference).values())}
         return {**{key: final[key] for key in FINAL_KEYS}, "evaluated_rows": final["rows"],
                 "num_features": cfg.features, "tied": cfg.tied, "parameters": parameters,
                 "control": {"rule": RULE, "verdict": verdict, "holds": bool(verdict["low"] > 0),
-                            "mse": mse_ci(mine, per_value, seed=cfg.seed),
-                            "joint_mse": mse_ci(joint, per_value, seed=cfg.seed)},
+                            "mse": mse_ci(mine, rows, width, seed=cfg.seed),
+                            "joint_mse": mse_ci(joint, rows, width, seed=cfg.seed)},
                 "evaluated_on": f"{final['rows']} rows of held-out windows (normalized units), as the joint model"}
 
     def print_table(self, metrics: dict, out: Path) -> None:

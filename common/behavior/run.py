@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from common.behavior.pipeline import Clamp, Pipeline
 from common.config.concepts import BehaviorConfig
 from common.errors import UserError
-from common.lm.hooks import capture_layer, patch_layer, run_from_layer
+from common.lm.hooks import capture_layer, last_positions, patch_layer, run_from_layer
 from common.lm.model import LoadedLM
 from common.models.codes import scatter_codes
 from common.models.loading import (
@@ -94,17 +94,20 @@ def last_position_logits(run: BehaviorRun, prompt: str, clamps: list[Clamp]) -> 
     (None where no clamp follows the reference)."""
     ids = token_ids(run, prompt)
     residual = capture_layer(run.lm.model, ids, run.layer)
-    clean = run_from_layer(run.lm.model, residual, run.layer, ids, last_only=True)[0, -1].float()
+
+    def last_logits(hidden: Tensor) -> Tensor:  # (B, V) fp32
+        return run_from_layer(run.lm.model, hidden, run.layer, ids, positions=last_positions(hidden))[:, -1].float()
+
+    clean = last_logits(residual)[0]
     if not clamps:
         return PromptLogits(clean, clean.new_zeros(0, clean.shape[0]), None)
     reference, rest = clamps[0], clamps[1:]
-    logits = [run_from_layer(run.lm.model, run.pipeline.patched(residual, reference, run.patch, run.first_position),
-                             run.layer, ids, last_only=True)[0, -1].float()[None]]  # alone, as the clean pass
+    logits = [last_logits(run.pipeline.patched(residual, reference, run.patch, run.first_position))]  # alone, as clean
     noise = None
     for start in range(0, len(rest), CLAMP_BATCH - 1):
         chunk = [reference, *rest[start : start + CLAMP_BATCH - 1]]
         patched = run.pipeline.patched(residual.expand(len(chunk), -1, -1), chunk, run.patch, run.first_position)
-        batch = run_from_layer(run.lm.model, patched, run.layer, ids, last_only=True)[:, -1].float()
+        batch = last_logits(patched)
         logits.append(batch[1:] - batch[:1] + logits[0])  # each row's change, against the reference of its batch
         noise = batch[0] - logits[0][0] if noise is None else noise
     return PromptLogits(clean, torch.cat(logits), noise)

@@ -92,18 +92,16 @@ def capture_layer_and_logits(model: PreTrainedModel, input_ids: Tensor, layer: i
 
 
 def run_from_layer(model: PreTrainedModel, hidden: Tensor, layer: int, input_ids: Tensor | None = None,
-                   positions: Tensor | None = None, last_only: bool = False) -> Tensor:
+                   positions: Tensor | None = None) -> Tensor:
     """Logits (B, T, V) from a layer-L residual: blocks L.., final norm, LM head, in the model's dtype.
 
     ``positions`` (B, P), where given, are the only positions the final norm and the head run at (logits (B, P, V)):
-    the blocks still run at every position, since each position attends to the earlier ones; ``last_only`` is the
-    last position alone (B, 1, V). ``input_ids`` (B or 1, T) are read only by the fallback, a full forward with the
+    the blocks still run at every position, since each position attends to the earlier ones (``last_positions`` picks
+    the last alone: (B, 1, V)). ``input_ids`` (B or 1, T) are read only by the fallback, a full forward with the
     residual patched in, for a family whose later blocks cannot run alone exactly; the blocks before L then run for
     nothing.
     """
     check_layer(model, layer)
-    if last_only:
-        positions = torch.full((hidden.shape[0], 1), hidden.shape[1] - 1, device=hidden.device)
     family = exact_family(model, hidden.shape[1])
     if family is None:
         logits = _full_forward_from(model, hidden, layer, input_ids)
@@ -120,6 +118,11 @@ def run_from_layer(model: PreTrainedModel, hidden: Tensor, layer: int, input_ids
         if positions is not None:  # the norm works position by position, so it may follow the selection
             hidden = at_positions(hidden, positions)
         return model.get_output_embeddings()(getattr(decoder, family.norm)(hidden))
+
+
+def last_positions(hidden: Tensor) -> Tensor:
+    """(B, 1): each row's last position of ``hidden`` (B, T, ...), for ``run_from_layer(positions=...)``."""
+    return torch.full((hidden.shape[0], 1), hidden.shape[1] - 1, device=hidden.device)
 
 
 def at_positions(values: Tensor, positions: Tensor) -> Tensor:

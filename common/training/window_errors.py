@@ -1,13 +1,11 @@
-"""Per-row squared errors of the models on held-out rows, summed per held-out window, and the controls' figures with
-their confidence intervals from a paired bootstrap over those windows (METHOD §14, §13).
+"""Per-row squared errors of the models on held-out rows, summed per held-out window: what the controls' figures and
+their confidence intervals (``common.training.window_cis``, METHOD §14, §13) are computed from.
 
 A held-out set is the rows of consecutive whole windows (``ActivationStream.val_rows``), so the window of row ``r`` is
-``r // rows_per_window``. Every figure here is a ratio of sums over the same rows, so a window's sums are all the
-bootstrap needs, and two models' errors on the same windows are resampled together.
+``r // rows_per_window``. Each control's figure is a ratio of sums over the same rows, so a window's sums are all its
+bootstrap needs.
 """
 from __future__ import annotations
-
-from typing import Any
 
 import numpy as np
 import torch
@@ -17,7 +15,6 @@ from common.data.activations import NormStats
 from common.models.joint import JointSAENFM
 from common.models.nfm import NFM
 from common.models.sae import TopKSAE
-from common.stats import window_bootstrap
 from common.training.nfm_objective import SAECodes
 
 
@@ -73,31 +70,3 @@ def nfm_row_errors(nfm: NFM, codes: SAECodes, decode: str, batch_size: int) -> d
             parts["after"].append(row_sse(target, out.total.float()).cpu())
             parts["linear_only"].append(row_sse(target, out.linear.float()).cpu())
     return {name: torch.cat(values) for name, values in parts.items()}
-
-
-# ---- the figures, each with its CI over windows -----------------------------------------------------------------
-
-
-def _gain_difference(after_a: np.ndarray, after_b: np.ndarray, before: np.ndarray, axis: int = -1) -> np.ndarray:
-    """(Σ after_b − Σ after_a) / Σ before: how much more of ``before`` model a removes than model b."""
-    return (np.sum(after_b, axis=axis) - np.sum(after_a, axis=axis)) / np.sum(before, axis=axis)
-
-
-def gain_difference_ci(after_a: np.ndarray, after_b: np.ndarray, before: np.ndarray, level: float = 0.95,
-                       seed: int = 0) -> dict[str, Any]:
-    """reduction(a) − reduction(b) of the same ``before`` on the same windows, with its CI."""
-    return window_bootstrap((after_a, after_b, before), _gain_difference, level=level, seed=seed)
-
-
-def mse_ci(sums: np.ndarray, values_per_window: int, level: float = 0.95, seed: int = 0) -> dict[str, Any]:
-    """The mean squared error (per value) from per-window sums of squared errors, with its CI."""
-    return window_bootstrap((sums,), lambda s, axis=-1: np.mean(s, axis=axis) / values_per_window, level=level,
-                            seed=seed)
-
-
-def excludes_zero_above(ci: dict[str, Any]) -> bool:
-    return ci["low"] > 0
-
-
-def contains_zero(ci: dict[str, Any]) -> bool:
-    return ci["low"] <= 0 <= ci["high"]

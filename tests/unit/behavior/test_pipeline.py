@@ -10,7 +10,7 @@ from common.behavior.pipeline import Clamp
 from common.behavior.run import BehaviorRun, last_position_logits, token_ids
 from common.config.presets import build_config
 from common.kl.conditions import sequential_conditions
-from common.lm.hooks import capture_layer, patch_layer, run_from_layer
+from common.lm.hooks import capture_layer, last_positions, patch_layer, run_from_layer
 from common.stages.behavior import open_run
 
 
@@ -131,7 +131,7 @@ def test_the_mean_residual_change_is_the_mean_norm_over_patched_positions(run: B
 def test_the_last_position_alone_is_the_full_passs_last_position(run: BehaviorRun):
     raw = residual(run).expand(3, -1, -1)
     full = run_from_layer(run.lm.model, raw, run.layer, token_ids(run, PROMPT))[:, -1:]
-    alone = run_from_layer(run.lm.model, raw, run.layer, token_ids(run, PROMPT), last_only=True)
+    alone = run_from_layer(run.lm.model, raw, run.layer, token_ids(run, PROMPT), positions=last_positions(raw))
     assert alone.shape == full.shape
     torch.testing.assert_close(alone, full, rtol=1e-5, atol=1e-6)  # the LM head on fewer rows: rounding only
 
@@ -141,8 +141,8 @@ def test_the_noise_floor_is_the_reference_batched_minus_alone(run: BehaviorRun):
     reference, other = reference_clamp("secondary"), Clamp("secondary", int(out.secondary_indices[-1, 0]), -4.0)
     logits = last_position_logits(run, PROMPT, [reference, other])
     ids, raw = token_ids(run, PROMPT), residual(run)
-    alone = run_from_layer(run.lm.model, run.pipeline.patched(raw, reference, run.patch, 1), run.layer, ids,
-                           last_only=True)[0, -1]
+    patched = run.pipeline.patched(raw, reference, run.patch, 1)
+    alone = run_from_layer(run.lm.model, patched, run.layer, ids, positions=last_positions(patched))[0, -1]
     batch = run.pipeline.patched(raw.expand(2, -1, -1), [reference, other], run.patch, 1)
-    batched = run_from_layer(run.lm.model, batch, run.layer, ids, last_only=True)[0, -1]
+    batched = run_from_layer(run.lm.model, batch, run.layer, ids, positions=last_positions(batch))[0, -1]
     assert torch.equal(logits.noise, batched.float() - alone.float())

@@ -59,7 +59,7 @@ def test_the_intervals_are_the_window_bootstrap_of_the_parts():
     expected = window_bootstrap((np.array(window["sse_centred"]), np.array(window["sst"])), reduction_of_sums)
     assert (ve["low"], ve["high"], ve["level"]) == (expected["low"], expected["high"], 0.95)
     assert ve["low"] < ve["estimate"] < ve["high"] and ve["windows"] == WINDOWS
-    mse = mse_ci(window, D)
+    mse = mse_ci(window["sse"], window["rows"], D)
     assert mse["estimate"] == pytest.approx(float(((x - recon) ** 2).mean()), rel=1e-6) and mse["low"] < mse["high"]
     same = reduction_ci([1.0, 2.0, 3.0], [2.0, 4.0, 6.0])  # every window reduces by half: no spread to resample
     assert (same["estimate"], same["low"], same["high"]) == pytest.approx((0.5, 0.5, 0.5))

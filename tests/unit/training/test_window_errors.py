@@ -9,15 +9,8 @@ from common.models.joint import JointSAENFM, joint_reference
 from common.models.nfm import NFM, nfm_reference
 from common.models.sae import TopKSAE, sae_reference
 from common.training.nfm_objective import SAECodes
-from common.training.window_cis import reduction_ci
-from common.training.window_errors import (
-    gain_difference_ci,
-    joint_row_errors,
-    mse_ci,
-    nfm_row_errors,
-    sae_row_errors,
-    window_sums,
-)
+from common.training.window_cis import gain_difference_ci, mse_ci, reduction_ci
+from common.training.window_errors import joint_row_errors, nfm_row_errors, sae_row_errors, window_sums
 
 
 def test_window_sums_add_each_windows_rows_in_order():
@@ -66,4 +59,5 @@ def test_figures_are_ratios_of_sums_over_windows():
     difference = gain_difference_ci(after_a, after_b, before)
     assert difference["estimate"] == pytest.approx((10 - 6) / 20)  # reduction(a) − reduction(b)
     assert difference["low"] <= difference["estimate"] <= difference["high"]
-    assert mse_ci(before, 2)["estimate"] == pytest.approx(20 / 3 / 2)
+    assert mse_ci(before, 1, 2)["estimate"] == pytest.approx(20 / 3 / 2)  # windows of one row, two entries each
+    assert mse_ci(before, [1, 1, 2], 2)["estimate"] == pytest.approx(20 / 4 / 2)  # the third window has two rows
