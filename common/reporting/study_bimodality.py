@@ -15,6 +15,8 @@ VERDICTS = [Figure("standalone SAE bimodal (verdict)", "ortho.standalone_bimodal
             Figure(JOINT_VERDICT, "ortho.joint_bimodal", "ortho:saes.joint.verdict.bimodal", "bool")]
 VERDICT = ("the one verdict of METHOD §13.3, as REPORT.md's 'Squared norms (part16)' rows: never-moved features set "
            "apart, then the dip test (p < 0.05) and a KDE valley between the two highest modes on the moved ones")
+NO_VALLEY = ("A — for a KDE valley ratio or a low-mode share: the moved features' KDE has a single mode, so there is "
+             "no valley to split them at")
 COLUMNS = ("decoder", "features", "never moved", "moved", "dip p (moved)", "KDE valley ratio", "verdict",
            "mixture rule on all features (description)", "low mode: rare / other firing")
 
@@ -75,4 +77,4 @@ def bimodality_lines(section: dict[str, Any]) -> list[str]:
     bimodal = sum(e["bimodal"] for e in section["entries"])
     mixture_only = sum(bool(e["mixture"]) and not e["bimodal"] for e in section["entries"])
     return [*lines, "", f"Bimodal by the verdict: {bimodal} of {len(section['entries'])} decoders; by the mixture rule "
-            f"but not the verdict: {mixture_only}.", "", f"Verdict: {section['verdict']}."]
+            f"but not the verdict: {mixture_only}.", "", f"Verdict: {section['verdict']}. {NO_VALLEY}."]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from common.paper import text as paper_text
-from common.reporting.study_bimodality import JOINT_VERDICT, MOVED, VERDICTS
+from common.reporting.study_bimodality import JOINT_VERDICT, MOVED, NO_VALLEY, VERDICTS
 from common.reporting.study_plan import regime_variant
 from common.reporting.study_tables import Column, Figure, Runs, quote, render, table
 
@@ -72,7 +72,7 @@ def regime(runs: Runs) -> dict[str, Any]:
         Figure(LOW_RARE, "", f"{MOVED}.by_firing.low_share_rare"),
         Figure(LOW_REST, "", f"{MOVED}.by_firing.low_share_rest")])
     section["summary"] = summary = _summary(section, seeds)
-    section["rule"] = RULE
+    section["rule"], section["note"] = RULE, NO_VALLEY
     if not any(row["joint"][1] for row in summary["rows"][1:]):
         section["finding"] = "not run"
         return section

@@ -57,6 +57,8 @@ def _table_lines(section: dict[str, Any]) -> list[str]:
         lines += ["", *summary_lines(section["summary"])]
     if "rule" in section:
         lines += ["", f"Rule: {section['rule']}."]
+    if "note" in section:
+        lines += ["", f"{section['note']}."]
     return [*lines, "", "Commands (each number's source is `variant/stage:key` in the study and main folders):", "",
             *[f"- `{source}`: `{command}`" for source, command in commands.items()]]
 

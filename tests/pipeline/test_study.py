@@ -20,6 +20,7 @@ from common.analysis.decoders import initial_model
 from common.errors import UserError
 from common.models.loading import load_sae
 from common.reporting.report import write_report
+from common.reporting.study_bimodality import NO_VALLEY
 from common.reporting.study_report import section_lines
 from tests.helpers import ROOT
 
@@ -173,6 +174,16 @@ def test_the_study_and_the_report_give_one_bimodality_verdict(tiny_study, tiny_r
     assert {"fp16/joint", "flush/joint", "long/joint", "seed1/joint"} <= set(entries)
     bimodal = sum(entry["bimodal"] for entry in entries.values())
     assert f"{bimodal} of {len(entries)} decoders" in result["questions"]["bimodality"]["finding"]
+
+
+def test_a_missing_valley_is_a_single_mode_and_the_study_says_so(tiny_study, tiny_run):
+    out, result = tiny_study
+    for entry in result["questions"]["bimodality"]["entries"]:
+        folder = tiny_run if entry["variant"] == "main" else out / entry["variant"]
+        modes = _read(folder, f"ortho:saes.{entry['sae']}.verdict.moved.kde.modes")
+        assert (entry["valley_ratio"] is None) == (len(modes) < 2), entry["decoder"]
+    text = (out / "STUDY.md").read_text(encoding="utf-8")
+    assert text.count(NO_VALLEY) == 2  # under the regime table and under the bimodality table
 
 
 def test_no_absolute_path_in_the_study(tiny_study, tiny_run):
