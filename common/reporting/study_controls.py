@@ -11,7 +11,7 @@ import numpy as np
 from common.kl.summary import PER_POSITION_FILE
 from common.kl.windows import window_totals
 from common.reporting.study_plan import Run
-from common.reporting.study_tables import Runs, pct
+from common.reporting.study_tables import Runs, pct, render
 from common.training.window_cis import reduction_ci
 
 VARIANT = "controls"
@@ -144,5 +144,6 @@ def finding(section: dict) -> str:
                if row["name"].startswith("planted, s =") and row["name"].endswith("recall@|P|")]
     if recalls:
         parts.append("planted pairs found (recall@|P|): " + ", ".join(
-            f"{name.removeprefix('planted, ').removesuffix(': recall@|P|')} {recall:.2f}" for name, recall in recalls))
+            f"{name.removeprefix('planted, ').removesuffix(': recall@|P|')} {render(recall, 'num')}"
+            for name, recall in recalls))
     return "; ".join(parts) + "."

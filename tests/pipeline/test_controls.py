@@ -22,6 +22,7 @@ from common.models.loading import load_joint, load_nfm, load_sae
 from common.reporting.study_controls import VARIANT, controls
 from common.reporting.study_tables import Runs
 from common.training.ridge_map import RIDGE_FILE, RidgeMap
+from tests.helpers import assert_findings_quote_their_tables
 
 
 def _json(path: Path) -> dict:
@@ -129,6 +130,7 @@ def test_study_controls_table_is_read_from_the_files(tiny_run, shuffled, sae_par
     study = tmp_path / "study"
     for folder in (shuffled, sae_params, joint_linear):
         shutil.copytree(folder, study / VARIANT / folder.name)
+    shutil.copytree(tiny_run / "planted", study / VARIANT / "planted_sweep")  # the sweep's format, one strength
     section = controls(Runs(study, tiny_run))
     rows = {row["name"]: row for row in section["rows"]}
     params = rows["joint vs parameter-matched SAE on its schedule"]["cells"]
@@ -138,6 +140,8 @@ def test_study_controls_table_is_read_from_the_files(tiny_run, shuffled, sae_par
         _json(tiny_run / "ridge" / "results.json")["nfm_minus_ridge"]["estimate"]
     assert rows["joint vs untied SAE on its schedule"]["cells"][0]["value"] is None  # not run here
     assert "parameter-matched" in section["finding"] and f"{100 * verdict['estimate']:.1f}%" in section["finding"]
+    assert "recall@|P|" in section["finding"]
+    assert_findings_quote_their_tables({"questions": {"controls": section}})
 
 
 def test_kl_window_totals_sum_each_windows_positions(tmp_path):

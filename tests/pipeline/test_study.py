@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,10 +20,7 @@ from common.errors import UserError
 from common.models.loading import load_sae
 from common.reporting.report import write_report
 from common.reporting.study_bimodality import NO_VALLEY
-from common.reporting.study_report import section_lines
-from tests.helpers import ROOT
-
-NUMBER = re.compile(r"(?<![\w.])[-−]?\d+(?:[.,]\d+)*%?")
+from tests.helpers import ROOT, assert_findings_quote_their_tables
 
 
 @pytest.fixture(scope="module")
@@ -111,13 +107,13 @@ def test_each_number_is_its_stage_output_and_names_its_command(tiny_study, tiny_
 
 
 def test_every_number_in_a_finding_is_in_its_table(tiny_study):
-    """A finding quotes its own table: each number it states is a number the section's rendered tables show."""
-    _, result = tiny_study
-    for name, section in result["questions"].items():
-        shown = set(NUMBER.findall("\n".join(section_lines(name, section))))
-        stated = NUMBER.findall(section["finding"].replace("§", " "))
-        missing = [n for n in stated if n not in shown]
-        assert not missing, (name, missing, section["finding"])
+    assert_findings_quote_their_tables(tiny_study[1])
+
+
+def test_the_committed_cpu_study_quotes_its_tables():
+    result = json.loads((ROOT / "docs" / "results" / "cpu-study.json").read_text(encoding="utf-8"))
+    assert all(q["finding"] != "not run" for q in result["questions"].values())
+    assert_findings_quote_their_tables(result)
 
 
 def test_the_derived_rows_follow_from_the_table(tiny_study, tiny_run):
