@@ -51,9 +51,9 @@ class JointLinear(Stage5):
     def evaluate(self, run: StageRun, data: StageData, best: JointSAENFM) -> dict:
         metrics = super().evaluate(run, data, best)
         mine = joint_row_errors(best, self.val_rows, self.norm, run.rt.decode, EVAL_BATCH_ROWS)
-        linear_only = window_sums(mine["full"], rows_per_window(self.cfg))
-        reference = reference_errors(self, self.reference, run.rt)
         rows, width = rows_per_window(self.cfg), self.val_rows.shape[1]
+        linear_only = window_sums(mine["full"], rows)
+        reference = reference_errors(self, self.reference, run.rt)
         verdict = reduction_ci(reference["full"], linear_only, seed=self.cfg.seed)
         metrics["control"] = {
             "rule": RULE, "verdict": verdict, "holds": bool(verdict["low"] > 0),

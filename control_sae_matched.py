@@ -75,10 +75,9 @@ class SAEControl(Stage5):
     def evaluate(self, run: StageRun, data: StageData, best: TopKSAE) -> dict[str, Any]:
         cfg = self.cfg
         final = evaluate_sae(best, self.val_rows, self.norm, run.rt, EVAL_BATCH_ROWS, cfg.dead_threshold)
-        mine = window_sums(sae_row_errors(best, self.val_rows, self.norm, run.rt.decode, EVAL_BATCH_ROWS),
-                           rows_per_window(cfg))
-        joint = reference_errors(self, self.reference, run.rt)["full"]
         rows, width = rows_per_window(cfg), self.val_rows.shape[1]
+        mine = window_sums(sae_row_errors(best, self.val_rows, self.norm, run.rt.decode, EVAL_BATCH_ROWS), rows)
+        joint = reference_errors(self, self.reference, run.rt)["full"]
         verdict = reduction_ci(joint, mine, seed=cfg.seed)
         parameters = {"this_sae": sum(p.numel() for p in best.parameters()),
                       "joint": sum(unique_parameter_counts(self.reference).values())}

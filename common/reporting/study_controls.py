@@ -11,7 +11,7 @@ import numpy as np
 from common.kl.summary import PER_POSITION_FILE
 from common.kl.windows import window_totals
 from common.reporting.study_plan import Run
-from common.reporting.study_tables import Runs, pct, render
+from common.reporting.study_tables import Runs, pct, quote
 from common.training.window_cis import reduction_ci
 
 VARIANT = "controls"
@@ -140,10 +140,9 @@ def finding(section: dict) -> str:
         f"the shuffled NFM gains {pct(value[FIGURES[12][0]])} against the intercept's {pct(value[FIGURES[13][0]])} "
         f"(adds nothing: {_holds(section, FIGURES[14][0])})",
     ]
-    recalls = [(row["name"], row["cells"][0]["value"]) for row in section["rows"]
-               if row["name"].startswith("planted, s =") and row["name"].endswith("recall@|P|")]
+    recalls = [name for name in names if name.startswith("planted, s =") and name.endswith("recall@|P|")]
     if recalls:
         parts.append("planted pairs found (recall@|P|): " + ", ".join(
-            f"{name.removeprefix('planted, ').removesuffix(': recall@|P|')} {render(recall, 'num')}"
-            for name, recall in recalls))
+            f"{name.removeprefix('planted, ').removesuffix(': recall@|P|')} {quote(section, name, 0)}"
+            for name in recalls))
     return "; ".join(parts) + "."
